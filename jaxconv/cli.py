@@ -1,0 +1,83 @@
+"""The ``jaxconv`` command line: ``train`` and friends."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+
+
+def write_json_atomic(path: str, obj) -> None:
+    """Writes JSON through a temporary file and a rename: never a half-written file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import jax
+    import optax
+
+    from jaxconv.data import load_dataset
+    from jaxconv.models import get_model
+    from jaxconv.train import fit
+
+    data = load_dataset(args.dataset)
+    model = get_model(args.model, num_classes=data.num_classes)
+    optimizer = optax.adam(args.lr)
+    print(f"jaxconv train: {args.model} on {data.name} "
+          f"({len(data.train.labels)} train / {len(data.test.labels)} test), "
+          f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, seed {args.seed}, "
+          f"backend {jax.default_backend()}")
+    state, history = fit(model, optimizer, data.train, test=data.test, epochs=args.epochs,
+                         batch_size=args.batch_size, seed=args.seed,
+                         progress=not args.no_progress)
+    final = history[-1]
+    print(f"final test accuracy: {final['test_accuracy']:.4f}")
+    write_json_atomic(os.path.join(args.out, "metrics.json"), {
+        "dataset": data.name, "model": args.model, "epochs": args.epochs,
+        "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+        "history": history, "final_test_accuracy": final["test_accuracy"],
+    })
+    print(f"wrote {os.path.join(args.out, 'metrics.json')}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from jaxconv.models import MODELS
+
+    parser = argparse.ArgumentParser(prog="jaxconv", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model (default: digits_cnn on digits)")
+    train.add_argument("--dataset", default="digits", choices=["digits"])
+    train.add_argument("--model", default="digits_cnn", choices=sorted(MODELS))
+    train.add_argument("--epochs", type=int, default=15)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", default="runs/latest", help="output directory")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

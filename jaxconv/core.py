@@ -1,0 +1,362 @@
+"""The layer contract and the combinators that compose layers.
+
+A layer is a pair of pure functions (DESIGN.md section 1)::
+
+    init(key, input_shape) -> (output_shape, params, state)
+    apply(params, state, x, *, key=None, train=False) -> (y, new_state)
+
+Shapes include the batch dimension, which may be ``-1`` (unknown) and then
+propagates as ``-1``. ``params`` is the trainable pytree, ``state`` the
+non-trainable one (``{}`` for stateless layers).
+
+Combinators (``serial``, ``parallel``, ``fan_out``, ``fan_in_sum``,
+``fan_in_concat``, ``residual``) build new layers out of existing ones; the
+sub-layers' params and state are stored in dicts keyed by sub-layer name, so
+checkpoint keys read like ``params/conv0/kernel``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+
+Shape = tuple[int, ...]
+PyTree = Any
+InitFn = Callable[..., tuple[Any, PyTree, PyTree]]
+ApplyFn = Callable[..., tuple[Any, PyTree]]
+
+
+class Layer(NamedTuple):
+    """A layer: a pair of pure functions over parameter pytrees.
+
+    Attributes:
+      init: ``(key, input_shape) -> (output_shape, params, state)``.
+      apply: ``(params, state, x, *, key=None, train=False) -> (y, new_state)``.
+      kind: short lower-case name of the layer type (``"conv"``, ``"relu"``);
+        ``serial`` names unnamed sub-layers ``f"{kind}{index}"``.
+    """
+
+    init: InitFn
+    apply: ApplyFn
+    kind: str = "layer"
+
+
+NamedLayer = Union[Layer, tuple[str, Layer]]
+
+
+# --------------------------------------------------------------------------
+# Shape helpers shared by all layers.
+
+
+def normalize_shape(input_shape: Any, layer: str) -> Shape:
+    """Returns ``input_shape`` as a tuple of ints, or raises a clear error."""
+    if isinstance(input_shape, int) or not isinstance(input_shape, Sequence):
+        raise TypeError(
+            f"{layer}: input_shape must be a tuple of ints including the batch "
+            f"dimension (e.g. (-1, 28, 28, 1)), got {input_shape!r}"
+        )
+    shape = tuple(input_shape)
+    for d in shape:
+        if not isinstance(d, int) or isinstance(d, bool):
+            raise TypeError(f"{layer}: input_shape entries must be ints, got {shape!r}")
+    for d in shape[1:]:
+        if d <= 0:
+            raise ValueError(
+                f"{layer}: non-batch dimensions of input_shape must be positive, got {shape!r}"
+            )
+    if shape and (shape[0] < -1 or shape[0] == 0):
+        raise ValueError(f"{layer}: batch dimension must be positive or -1, got {shape!r}")
+    return shape
+
+
+def check_rank(shape: Shape, layer: str, *, min_rank: int, max_rank: int | None = None,
+               what: str = "") -> None:
+    """Raises ``ValueError`` unless ``min_rank <= len(shape) <= max_rank``."""
+    ok = len(shape) >= min_rank and (max_rank is None or len(shape) <= max_rank)
+    if not ok:
+        want = f"rank {min_rank}" if max_rank == min_rank else (
+            f"rank >= {min_rank}" if max_rank is None else f"rank {min_rank}..{max_rank}")
+        hint = f" {what}" if what else ""
+        raise ValueError(
+            f"{layer}: expected input of {want}{hint}, got shape {tuple(shape)} (rank {len(shape)})"
+        )
+
+
+def check_input(x: Any, expected: Shape, layer: str) -> None:
+    """Checks an array against a shape whose ``-1`` entries match anything.
+
+    Used by ``apply`` functions so that a user sees a message naming the layer,
+    never a raw XLA shape error.
+    """
+    shape = tuple(jnp.shape(x))
+    if len(shape) != len(expected) or any(
+        e != -1 and e != s for e, s in zip(expected, shape)
+    ):
+        raise ValueError(f"{layer}: expected input of shape {tuple(expected)}, got {shape}")
+
+
+def positive_int(value: Any, name: str, layer: str) -> int:
+    """Validates a strictly positive int argument of a layer factory."""
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{layer}: {name} must be a positive int, got {value!r}")
+    return value
+
+
+def int_tuple(value: Any, n: int, name: str, layer: str, *, minimum: int = 1) -> tuple[int, ...]:
+    """Expands an int or a length-``n`` sequence to a tuple of ``n`` ints >= ``minimum``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        out = (value,) * n
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        out = tuple(value)
+        if len(out) != n:
+            raise ValueError(
+                f"{layer}: {name} must be an int or a sequence of {n} ints, got {value!r}")
+    else:
+        raise TypeError(f"{layer}: {name} must be an int or a sequence of ints, got {value!r}")
+    for v in out:
+        if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+            raise ValueError(f"{layer}: {name} entries must be ints >= {minimum}, got {value!r}")
+    return out
+
+
+def batch_size(shape: Shape) -> int:
+    return shape[0]
+
+
+def num_elements(shape: Sequence[int]) -> int:
+    return math.prod(shape)
+
+
+# --------------------------------------------------------------------------
+# Naming and key splitting.
+
+
+def _name_layers(layers: Sequence[NamedLayer], combinator: str) -> list[tuple[str, Layer]]:
+    named, counts = [], {}
+    for i, item in enumerate(layers):
+        if isinstance(item, Layer):
+            name = f"{item.kind}{counts.get(item.kind, 0)}"
+            counts[item.kind] = counts.get(item.kind, 0) + 1
+            layer = item
+        elif (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
+              and isinstance(item[1], Layer)):
+            name, layer = item
+        else:
+            raise TypeError(
+                f"{combinator}: argument {i} must be a Layer or a (name, Layer) pair, "
+                f"got {type(item).__name__}: {item!r:.80}"
+            )
+        if any(name == n for n, _ in named):
+            raise ValueError(f"{combinator}: duplicate layer name {name!r}")
+        named.append((name, layer))
+    return named
+
+
+def split_key(key: Any, n: int) -> list[Any]:
+    """Splits ``key`` into ``n`` keys, or returns ``n`` Nones when ``key`` is None."""
+    if key is None:
+        return [None] * n
+    return [jax.random.fold_in(key, i) for i in range(n)]
+
+
+def _init_children(key, named, shapes):
+    keys = split_key(key, len(named))
+    out_shapes, params, state = [], {}, {}
+    for (name, layer), k, s in zip(named, keys, shapes):
+        out, p, st = layer.init(k, s)
+        out_shapes.append(out)
+        params[name], state[name] = p, st
+    return out_shapes, params, state
+
+
+# --------------------------------------------------------------------------
+# Combinators.
+
+
+def serial(*layers: NamedLayer) -> Layer:
+    """Composes layers in sequence: ``serial(f, g)(x) = g(f(x))``.
+
+    Args:
+      *layers: ``Layer`` objects or ``(name, Layer)`` pairs. Unnamed layers are
+        named ``f"{kind}{index}"`` with a per-kind counter (``conv0``, ``relu0``,
+        ``conv1``...).
+
+    Returns:
+      A layer whose params and state are dicts keyed by sub-layer name.
+    """
+    if len(layers) == 1 and isinstance(layers[0], (list, tuple)) and not (
+        len(layers[0]) == 2 and isinstance(layers[0][0], str)
+    ):
+        layers = tuple(layers[0])
+    named = _name_layers(layers, "serial")
+
+    def init(key, input_shape):
+        shape = tuple(input_shape)
+        keys = split_key(key, len(named))
+        params, state = {}, {}
+        for (name, layer), k in zip(named, keys):
+            shape, params[name], state[name] = layer.init(k, shape)
+        return shape, params, state
+
+    def apply(params, state, x, *, key=None, train=False):
+        keys = split_key(key, len(named))
+        new_state = {}
+        for (name, layer), k in zip(named, keys):
+            x, new_state[name] = layer.apply(params[name], state[name], x, key=k, train=train)
+        return x, new_state
+
+    return Layer(init, apply, "serial")
+
+
+def parallel(*layers: NamedLayer) -> Layer:
+    """Applies layer ``i`` to input ``i`` of a tuple; returns the tuple of outputs."""
+    named = _name_layers(layers, "parallel")
+
+    def init(key, input_shape):
+        if not isinstance(input_shape, (tuple, list)) or len(input_shape) != len(named) or not all(
+            isinstance(s, (tuple, list)) for s in input_shape
+        ):
+            raise ValueError(
+                f"parallel: expected a tuple of {len(named)} input shapes, got {input_shape!r}")
+        out_shapes, params, state = _init_children(key, named, input_shape)
+        return tuple(out_shapes), params, state
+
+    def apply(params, state, xs, *, key=None, train=False):
+        if not isinstance(xs, (tuple, list)) or len(xs) != len(named):
+            raise ValueError(f"parallel: expected a tuple of {len(named)} inputs, got {type(xs)}")
+        keys = split_key(key, len(named))
+        ys, new_state = [], {}
+        for (name, layer), k, x in zip(named, keys, xs):
+            y, new_state[name] = layer.apply(params[name], state[name], x, key=k, train=train)
+            ys.append(y)
+        return tuple(ys), new_state
+
+    return Layer(init, apply, "parallel")
+
+
+def fan_out(n: int) -> Layer:
+    """Copies its input into a tuple of ``n`` identical outputs."""
+    positive_int(n, "n", "fan_out")
+
+    def init(key, input_shape):
+        return (tuple(input_shape),) * n, {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        return (x,) * n, state
+
+    return Layer(init, apply, "fan_out")
+
+
+def _check_tuple_shapes(input_shape, layer):
+    if not isinstance(input_shape, (tuple, list)) or not input_shape or not all(
+        isinstance(s, (tuple, list)) for s in input_shape
+    ):
+        raise ValueError(f"{layer}: expected a tuple of input shapes, got {input_shape!r}")
+
+
+def _merge_batch(shapes: Sequence[Shape], layer: str) -> int:
+    batches = {s[0] for s in shapes if s[0] != -1}
+    if len(batches) > 1:
+        raise ValueError(f"{layer}: inputs have different batch sizes: {list(shapes)}")
+    return batches.pop() if batches else -1
+
+
+def fan_in_sum() -> Layer:
+    """Sums a tuple of same-shaped inputs."""
+
+    def init(key, input_shape):
+        _check_tuple_shapes(input_shape, "fan_in_sum")
+        shapes = [tuple(s) for s in input_shape]
+        if any(s[1:] != shapes[0][1:] or len(s) != len(shapes[0]) for s in shapes):
+            raise ValueError(f"fan_in_sum: all inputs must have the same shape, got {shapes}")
+        return (_merge_batch(shapes, "fan_in_sum"),) + shapes[0][1:], {}, {}
+
+    def apply(params, state, xs, *, key=None, train=False):
+        shapes = [tuple(jnp.shape(x)) for x in xs]
+        if any(s != shapes[0] for s in shapes):
+            raise ValueError(f"fan_in_sum: all inputs must have the same shape, got {shapes}")
+        return sum(xs[1:], xs[0]), state
+
+    return Layer(init, apply, "fan_in_sum")
+
+
+def fan_in_concat(axis: int = -1) -> Layer:
+    """Concatenates a tuple of inputs along ``axis`` (default: channels)."""
+    if not isinstance(axis, int) or axis == 0:
+        raise ValueError(f"fan_in_concat: axis must be a non-batch int axis, got {axis!r}")
+
+    def init(key, input_shape):
+        _check_tuple_shapes(input_shape, "fan_in_concat")
+        shapes = [tuple(s) for s in input_shape]
+        rank = len(shapes[0])
+        ax = axis % rank
+        for s in shapes:
+            if len(s) != rank or any(a != b for i, (a, b) in enumerate(zip(s, shapes[0]))
+                                     if i not in (0, ax)):
+                raise ValueError(
+                    f"fan_in_concat: inputs must agree except on axis {axis}, got {shapes}")
+        out = list(shapes[0])
+        out[0] = _merge_batch(shapes, "fan_in_concat")
+        out[ax] = sum(s[ax] for s in shapes)
+        return tuple(out), {}, {}
+
+    def apply(params, state, xs, *, key=None, train=False):
+        return jnp.concatenate(xs, axis=axis), state
+
+    return Layer(init, apply, "fan_in_concat")
+
+
+def residual(*layers: NamedLayer, shortcut: Layer | None = None) -> Layer:
+    """``y = body(x) + shortcut(x)``, with ``body = serial(*layers)``.
+
+    Args:
+      *layers: the residual branch, composed with ``serial``.
+      shortcut: optional projection for the skip path (e.g. a 1x1 ``Conv``);
+        identity when omitted.
+
+    Params and state are ``{"body": ..., "shortcut": ...}``.
+    """
+    body = serial(*layers)
+
+    def init(key, input_shape):
+        k1, k2 = split_key(key, 2)
+        out, p_body, s_body = body.init(k1, input_shape)
+        params, state = {"body": p_body}, {"body": s_body}
+        skip = tuple(input_shape)
+        if shortcut is not None:
+            skip, params["shortcut"], state["shortcut"] = shortcut.init(k2, input_shape)
+        if tuple(out)[1:] != skip[1:]:
+            raise ValueError(
+                f"residual: the body's output shape {tuple(out)} does not match the shortcut's "
+                f"{skip}; give a shortcut layer that projects the input"
+            )
+        return tuple(out), params, state
+
+    def apply(params, state, x, *, key=None, train=False):
+        k1, k2 = split_key(key, 2)
+        y, s_body = body.apply(params["body"], state["body"], x, key=k1, train=train)
+        new_state = {"body": s_body}
+        if shortcut is not None:
+            skip, new_state["shortcut"] = shortcut.apply(
+                params["shortcut"], state["shortcut"], x, key=k2, train=train)
+        else:
+            skip = x
+        return y + skip, new_state
+
+    return Layer(init, apply, "residual")
+
+
+def count_params(params: PyTree) -> int:
+    """Total number of scalars in a params pytree."""
+    return sum(int(jnp.size(p)) for p in jax.tree_util.tree_leaves(params))
+
+
+def cast_to(dtype: Any, *arrays: Any) -> tuple[Any, ...]:
+    """Casts arrays to the compute ``dtype``; with ``dtype=None`` promotes them together."""
+    if dtype is None:
+        dtype = jnp.result_type(*arrays)
+    return tuple(jnp.asarray(a, dtype) for a in arrays)

@@ -1,0 +1,95 @@
+"""Structural layers: Flatten, Reshape, Identity and Lambda."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jaxconv.core import Layer, normalize_shape, num_elements
+
+
+def Flatten() -> Layer:
+    """Flattens every non-batch dimension: ``(N, *dims) -> (N, prod(dims))``."""
+
+    def init(key, input_shape):
+        shape = normalize_shape(input_shape, "Flatten")
+        if len(shape) < 1:
+            raise ValueError(f"Flatten: expected an input with a batch dimension, got {shape}")
+        return (shape[0], num_elements(shape[1:])), {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        return jnp.reshape(x, (jnp.shape(x)[0], -1)), state
+
+    return Layer(init, apply, "flatten")
+
+
+def Reshape(shape: Sequence[int]) -> Layer:
+    """Reshapes the non-batch dimensions to ``shape`` (one entry may be ``-1``)."""
+    if isinstance(shape, int):
+        shape = (shape,)
+    target = tuple(shape)
+    if not all(isinstance(d, int) and (d > 0 or d == -1) for d in target) or target.count(-1) > 1:
+        raise ValueError(
+            f"Reshape: shape must be positive ints with at most one -1, got {shape!r}")
+
+    def out_shape(in_shape):
+        size = num_elements(in_shape[1:])
+        known = num_elements(d for d in target if d != -1)
+        if -1 in target:
+            if size % known:
+                raise ValueError(
+                    f"Reshape: cannot reshape input of shape {in_shape} to (batch, *{target})")
+            full = tuple(size // known if d == -1 else d for d in target)
+        else:
+            full = target
+        if num_elements(full) != size:
+            raise ValueError(
+                f"Reshape: cannot reshape input of shape {in_shape} ({size} features) "
+                f"to (batch, *{target}) ({num_elements(full)} features)")
+        return (in_shape[0],) + full
+
+    def init(key, input_shape):
+        return out_shape(normalize_shape(input_shape, "Reshape")), {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        return jnp.reshape(x, out_shape(tuple(jnp.shape(x)))), state
+
+    return Layer(init, apply, "reshape")
+
+
+def Identity() -> Layer:
+    """Returns its input unchanged."""
+
+    def init(key, input_shape):
+        return tuple(input_shape), {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        return x, state
+
+    return Layer(init, apply, "identity")
+
+
+def Lambda(fn: Callable, kind: str = "lambda") -> Layer:
+    """Wraps a pure, parameterless array function ``fn(x) -> y`` as a layer.
+
+    The output shape is inferred with ``jax.eval_shape`` (no computation runs);
+    an unknown batch dimension is traced with a batch of one.
+    """
+    if not callable(fn):
+        raise TypeError(f"Lambda: fn must be callable, got {fn!r}")
+
+    def init(key, input_shape):
+        shape = normalize_shape(input_shape, "Lambda")
+        unknown = shape[0] == -1
+        probe = ((1,) + shape[1:]) if unknown else shape
+        out = jax.eval_shape(fn, jax.ShapeDtypeStruct(probe, jnp.float32)).shape
+        if unknown:
+            out = (-1,) + tuple(out[1:])
+        return tuple(out), {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        return fn(x), state
+
+    return Layer(init, apply, kind)
