@@ -38,11 +38,15 @@ class Layer(NamedTuple):
       apply: ``(params, state, x, *, key=None, train=False) -> (y, new_state)``.
       kind: short lower-case name of the layer type (``"conv"``, ``"relu"``);
         ``serial`` names unnamed sub-layers ``f"{kind}{index}"``.
+      children: for combinators, the ``(name, Layer)`` pairs they are built
+        from (their params/state keys), so tools such as ``summary`` can walk a
+        network; ``()`` for leaf layers.
     """
 
     init: InitFn
     apply: ApplyFn
     kind: str = "layer"
+    children: tuple = ()
 
 
 NamedLayer = Union[Layer, tuple[str, Layer]]
@@ -209,7 +213,7 @@ def serial(*layers: NamedLayer) -> Layer:
             x, new_state[name] = layer.apply(params[name], state[name], x, key=k, train=train)
         return x, new_state
 
-    return Layer(init, apply, "serial")
+    return Layer(init, apply, "serial", tuple(named))
 
 
 def parallel(*layers: NamedLayer) -> Layer:
@@ -235,7 +239,7 @@ def parallel(*layers: NamedLayer) -> Layer:
             ys.append(y)
         return tuple(ys), new_state
 
-    return Layer(init, apply, "parallel")
+    return Layer(init, apply, "parallel", tuple(named))
 
 
 def fan_out(n: int) -> Layer:
@@ -347,7 +351,8 @@ def residual(*layers: NamedLayer, shortcut: Layer | None = None) -> Layer:
             skip = x
         return y + skip, new_state
 
-    return Layer(init, apply, "residual")
+    children = (("body", body),) + ((("shortcut", shortcut),) if shortcut is not None else ())
+    return Layer(init, apply, "residual", children)
 
 
 def count_params(params: PyTree) -> int:
