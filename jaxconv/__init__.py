@@ -11,6 +11,7 @@ Layers are pure ``(init, apply)`` pairs over parameter pytrees::
 from jaxconv import ops
 from jaxconv.core import (Layer, count_params, fan_in_concat, fan_in_sum, fan_out, parallel,
                           residual, serial)
+from jaxconv import models
 from jaxconv.data import load_dataset
 from jaxconv.layers import *  # noqa: F401,F403
 from jaxconv.layers import __all__ as _layers_all
@@ -21,7 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Layer", "serial", "parallel", "fan_out", "fan_in_sum", "fan_in_concat", "residual",
-    "count_params", "ops", "load_dataset", "cross_entropy", "square_loss", "accuracy",
+    "count_params", "ops", "models", "load_dataset", "cross_entropy", "square_loss", "accuracy",
     "TrainState", "create_train_state", "make_train_step", "evaluate", "fit",
     *_layers_all,
 ]

@@ -192,10 +192,6 @@ def serial(*layers: NamedLayer) -> Layer:
     Returns:
       A layer whose params and state are dicts keyed by sub-layer name.
     """
-    if len(layers) == 1 and isinstance(layers[0], (list, tuple)) and not (
-        len(layers[0]) == 2 and isinstance(layers[0][0], str)
-    ):
-        layers = tuple(layers[0])
     named = _name_layers(layers, "serial")
 
     def init(key, input_shape):
