@@ -19,7 +19,8 @@ def check_layer_contract(layer: jc.Layer, input_shape, *, batch: int = 2, train:
 
     - init with a ``-1`` batch declares ``-1`` and the same other dims as a concrete batch;
     - the shape ``init`` declares equals the shape ``apply`` produces;
-    - ``apply`` works under ``jit``, ``grad`` (w.r.t. params and input) and ``vmap``.
+    - ``apply`` works under ``jit``, ``grad`` (w.r.t. params and input; eager and
+      jitted, which take different code paths) and ``vmap``.
 
     Returns ``(params, state, x, y)`` for further checks.
     """
@@ -46,6 +47,9 @@ def check_layer_contract(layer: jc.Layer, input_shape, *, batch: int = 2, train:
         return jnp.sum(jnp.sin(out.astype(jnp.float32)))
 
     g_params, g_x = jax.grad(scalar, argnums=(0, 1))(params, x)
+    g_params_jit, g_x_jit = jax.jit(jax.grad(scalar, argnums=(0, 1)))(params, x)
+    np.testing.assert_allclose(np.asarray(g_x_jit, np.float32), np.asarray(g_x, np.float32),
+                               rtol=1e-4, atol=1e-5)
     assert jax.tree_util.tree_structure(g_params) == jax.tree_util.tree_structure(params)
     assert g_x.shape == x.shape
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves((g_params, g_x)))
