@@ -79,3 +79,13 @@ def test_apply_wrong_rank_names_layer():
         jc.AdaptiveMaxPool(2).apply(p, s, np.zeros((4, 4)))
     with pytest.raises(ValueError, match=r"MaxPool: window \(5, 5\) is larger"):
         jc.MaxPool(5).apply({}, {}, np.zeros((1, 4, 4, 1)))
+
+
+def test_jitted_gradient_through_every_pool():
+    # Reverse mode under jit (a training step): reduce_window needs concrete init values.
+    model = jc.serial(jc.MaxPool(2, 1, "SAME"), jc.MinPool(2, 1), jc.AvgPool(2, 1, 1),
+                      jc.AdaptiveMaxPool(3), jc.AdaptiveAvgPool(2), jc.GlobalMaxPool())
+    _, params, state = model.init(None, (-1, 6, 6, 2))
+    x = random_input((2, 6, 6, 2))
+    g = jax.jit(jax.grad(lambda x: model.apply(params, state, x)[0].sum()))(x)
+    assert g.shape == x.shape and float(g.sum()) == pytest.approx(2 * 2)
