@@ -136,3 +136,21 @@ def test_resnet9_width_and_classes():
 def test_get_model_errors():
     with pytest.raises(ValueError, match="unknown model 'vgg'; expected one of"):
         get_model("vgg")
+
+
+@pytest.mark.slow
+def test_seed_walkthrough_example(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "walk.png"
+    run = subprocess.run([sys.executable, os.path.join(root, "examples", "seed_walkthrough.py"),
+                          "--out", str(out)], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, MPLBACKEND="Agg"))
+    assert run.returncode == 0, run.stderr
+    for words in ("input volume: 32x32x3", "conv0      (conv) -> 32x32x12",
+                  "max_pool0  (max_pool) -> 16x16x12", "dense0     (dense) -> 10"):
+        assert words in run.stdout, run.stdout
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
