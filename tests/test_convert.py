@@ -12,6 +12,13 @@ from jaxconv import convert
 from jaxconv.models import mnist_cnn
 
 
+@pytest.fixture(autouse=True)
+def full_float32_matmuls():
+    """GPUs would otherwise run float32 convolutions and matmuls in TF32."""
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def rand(*shape, seed=0):
     return np.random.RandomState(seed).randn(*shape).astype(np.float32)
 

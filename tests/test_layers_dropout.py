@@ -11,7 +11,7 @@ import jaxconv as jc
 from tests.contract import check_layer_contract
 
 
-@pytest.mark.parametrize("rate", [0.1, 0.5, 0.8])
+@pytest.mark.parametrize("rate", [0.2, 0.7])
 def test_keep_rate_and_inverse_scaling(rate):
     layer = jc.Dropout(rate)
     x = jnp.ones((200, 50, 10))  # 100,000 elements

@@ -139,18 +139,17 @@ def test_get_model_errors():
 
 
 @pytest.mark.slow
-def test_seed_walkthrough_example(tmp_path):
+def test_seed_walkthrough_example(tmp_path, monkeypatch, capsys):
     import os
-    import subprocess
-    import sys
+    import runpy
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = tmp_path / "walk.png"
-    run = subprocess.run([sys.executable, os.path.join(root, "examples", "seed_walkthrough.py"),
-                          "--out", str(out)], capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, MPLBACKEND="Agg"))
-    assert run.returncode == 0, run.stderr
+    monkeypatch.setattr("sys.argv", ["seed_walkthrough.py", "--out", str(out)])
+    runpy.run_path(os.path.join(root, "examples", "seed_walkthrough.py"), run_name="__main__")
+    stdout = capsys.readouterr().out
     for words in ("input volume: 32x32x3", "conv0      (conv) -> 32x32x12",
-                  "max_pool0  (max_pool) -> 16x16x12", "dense0     (dense) -> 10"):
-        assert words in run.stdout, run.stdout
+                  "relu0      (relu) -> 32x32x12", "max_pool0  (max_pool) -> 16x16x12",
+                  "dense0     (dense) -> 10", "declared output shape (-1, 10), produced (1, 10)"):
+        assert words in stdout, stdout
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
