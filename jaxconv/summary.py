@@ -101,7 +101,9 @@ def jaxpr_macs(jaxpr: Any) -> int:
 
     ``conv_general_dilated``: output elements x kernel window x input features
     per group. ``dot_general``: output elements x contracted size. A ``scan``
-    body counts ``length`` times, a ``cond`` its most expensive branch.
+    body counts ``length`` times, a ``cond`` its most expensive branch. A
+    transposed convolution written with ``lhs_dilation`` counts every kernel
+    tap, also those that meet the inserted zeros (what the hardware executes).
     """
     total = 0
     for eqn in jaxpr.eqns:
