@@ -82,6 +82,8 @@ def BatchNorm(
       axis_name: a mapped axis name (``pmap``/``shard_map``/``vmap``): the batch
         statistics are then averaged over that axis, so every device normalises
         with the statistics of the global batch (``m`` counts all devices' values).
+        Under ``jit`` with a sharded batch (``jax.sharding``) none is needed:
+        the statistics are already those of the global array.
       scale_init, bias_init: ``jax.nn.initializers`` functions.
       dtype: compute dtype of the output (statistics are float32 regardless).
       param_dtype: dtype of ``scale``/``bias``.
@@ -173,8 +175,8 @@ def LayerNorm(
     with mean and biased variance over ``reduction_axes`` (default: the channel
     axis). ``scale``/``bias`` have the shape of the reduced axes (element-wise
     affine, as PyTorch's ``LayerNorm(normalized_shape)``; for PyTorch's
-    ``LayerNorm([C, H, W])`` on NCHW use ``reduction_axes=(1, 2, 3)``, and
-    permute the affine weights with ``jaxconv.convert``).
+    ``LayerNorm([C, H, W])`` on NCHW use ``reduction_axes=(1, 2, 3)`` and
+    transpose its ``(C, H, W)`` weight and bias to ``(H, W, C)``).
 
     Shapes: ``(N, ...) -> (N, ...)``. No state.
     """
