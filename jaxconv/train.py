@@ -179,6 +179,25 @@ def make_eval_step(model: Layer, loss_fn: LossFn = cross_entropy) -> Callable:
     return jax.jit(eval_step)
 
 
+def predict(model: Layer, params: PyTree, state: PyTree, images: Any, *, batch_size: int = 512) -> np.ndarray:
+    """Arg-max class of every image, in inference mode: int ``(N,)``.
+
+    Batches are padded to ``batch_size`` so one compiled function serves all.
+    """
+    apply = jax.jit(lambda p, s, x: jnp.argmax(model.apply(p, s, x, train=False)[0], -1))
+    images = np.asarray(images)
+    n = len(images)
+    batch_size = max(1, min(batch_size, n))
+    out = []
+    for start in range(0, n, batch_size):
+        xb = images[start:start + batch_size]
+        valid = len(xb)
+        if valid < batch_size:
+            xb = np.concatenate([xb, np.zeros((batch_size - valid,) + xb.shape[1:], xb.dtype)])
+        out.append(np.asarray(apply(params, state, xb))[:valid])
+    return np.concatenate(out) if out else np.zeros((0,), np.int32)
+
+
 def evaluate(
     model: Layer,
     params: PyTree,
