@@ -45,6 +45,7 @@ _DTYPES = {
     "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
     "C64": np.complex64,
 }
+_SUPPORTED = frozenset(np.dtype(d) for d in _DTYPES.values())
 
 
 class CheckpointError(ValueError):
@@ -115,8 +116,11 @@ def serialize(tree: Any, metadata: dict | None = None) -> bytes:
             keys[name] = str(jax.random.key_impl(leaf))
             leaf = jax.random.key_data(leaf)
         tensors[name] = np.asarray(jax.device_get(leaf), order="C")
-        if tensors[name].dtype == object:
-            raise TypeError(f"checkpoint.save: leaf {name!r} is not an array ({type(leaf).__name__})")
+        if tensors[name].dtype not in _SUPPORTED:
+            raise TypeError(
+                f"checkpoint.save: leaf {name!r} is not an array of a supported dtype "
+                f"({type(leaf).__name__} of dtype {tensors[name].dtype}); supported: "
+                f"{sorted(d.name for d in _SUPPORTED)}")
     meta = dict(metadata or {})
     meta.setdefault("versions", _versions())
     try:
