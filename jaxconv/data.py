@@ -247,10 +247,13 @@ def epoch_batches(
     if per_item > n:
         raise ValueError(
             f"epoch_batches: batch_size * steps_per_call = {per_item} exceeds the {n} examples")
-    perm = jax.random.permutation(key, n)
-    images, labels = jnp.asarray(images)[perm], jnp.asarray(labels)[perm]
-    for begin in range(start * per_item, n - per_item + 1, per_item):
-        xb, yb = images[begin:begin + per_item], labels[begin:begin + per_item]
+    n_items = n // per_item
+    # One index row per item; gathering a row has the same shapes for every
+    # item, so eager dispatch compiles one program, not one per slice.
+    order = jax.random.permutation(key, n)[:n_items * per_item].reshape(n_items, per_item)
+    images, labels = jnp.asarray(images), jnp.asarray(labels)
+    for i in range(start, n_items):
+        xb, yb = images[order[i]], labels[order[i]]
         if steps_per_call > 1:
             xb = xb.reshape((steps_per_call, batch_size) + xb.shape[1:])
             yb = yb.reshape((steps_per_call, batch_size) + yb.shape[1:])
