@@ -29,7 +29,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import safetensors
 import safetensors.numpy
@@ -38,9 +37,9 @@ FORMAT = "jaxconv.checkpoint/1"
 TMP_PREFIX = ".tmp-"
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.safetensors$")
 
-# safetensors dtype names -> NumPy dtypes (bfloat16 through ml_dtypes, as JAX does).
+# safetensors dtype names -> NumPy dtypes (JAX's bfloat16 is the ml_dtypes NumPy type).
 _DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": jnp.bfloat16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
     "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
     "C64": np.complex64,

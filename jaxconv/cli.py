@@ -64,6 +64,20 @@ def write_plots(out: str, model, params, state, history, test, num_classes: int)
     return paths
 
 
+def _check_resume_config(checkpoint_dir: str, config: dict) -> None:
+    """Refuses to resume a run with options that differ from those it was started with."""
+    from jaxconv.checkpoint import latest_checkpoint, read_metadata
+
+    path = latest_checkpoint(checkpoint_dir)
+    if path is None:
+        return
+    old = read_metadata(path).get("config", {})
+    changed = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in config.items() if k in old and old[k] != v]
+    if changed:
+        raise ValueError(f"--resume: {path} was written with other options ({'; '.join(changed)}); "
+                         "use the same options or another --out")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import jax
 
@@ -89,6 +103,8 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"label smoothing {args.label_smoothing}, augment {augment_spec}, seed {args.seed}, "
           f"backend {jax.default_backend()}")
     checkpoint_dir = os.path.join(args.out, "checkpoints")
+    if args.resume:
+        _check_resume_config(checkpoint_dir, config)
     try:
         state, history = fit(model, optimizer, data.train, test=data.test, epochs=epochs,
                              batch_size=args.batch_size, loss_fn=loss_fn, seed=args.seed,

@@ -55,6 +55,8 @@ def test_train_resume_continues_from_the_checkpoint(tmp_path, capsys):
     second = json.load(open(os.path.join(out, "metrics.json")))
     assert second["history"] == first["history"]
     assert not any(name.endswith(".png") for name in os.listdir(out))
+    assert main(args + ["--resume", "--lr", "0.5"]) == 2
+    assert "was written with other options (lr: 0.003 -> 0.5)" in capsys.readouterr().err
 
 
 def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys):

@@ -179,3 +179,17 @@ def test_predict_matches_apply_with_padding():
     logits, _ = model.apply(params, state, IMAGES[:10])
     np.testing.assert_array_equal(predict(model, params, state, IMAGES[:10], batch_size=4),
                                   np.argmax(logits, -1))
+
+
+def test_resume_with_several_steps_per_call(tmp_path):
+    kw = dict(epochs=2, batch_size=8, steps_per_call=3, seed=0, progress=False, log=None,
+              checkpoint_every=5, keep=None)
+    full, _ = fit(tiny_model(), optax.sgd(0.05), TRAIN, checkpoint_dir=str(tmp_path / "a"), **kw)
+    # 4 calls of 3 steps per epoch; a checkpoint after each call that crosses a multiple of 5.
+    assert [s for s, _ in ckpt.list_checkpoints(str(tmp_path / "a"))] == [6, 12, 15, 21, 24]
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "ckpt-000000015.safetensors").write_bytes(
+        (tmp_path / "a" / "ckpt-000000015.safetensors").read_bytes())
+    resumed, _ = fit(tiny_model(), optax.sgd(0.05), TRAIN, checkpoint_dir=str(tmp_path / "b"),
+                     resume=True, **kw)
+    assert int(resumed.step) == 24 and leaves_equal(full, resumed)
