@@ -62,6 +62,29 @@ def _grid(n: int) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
+def mosaic(tiles: Sequence[np.ndarray], *, gap: int = 1, fill: float = np.nan) -> np.ndarray:
+    """Tiles equally shaped ``(h, w)`` or ``(h, w, 3)`` images into one near-square image.
+
+    Tiles are separated by ``gap`` pixels of ``fill`` (NaN: drawn as the
+    colour map's "bad" colour). One ``imshow`` of the mosaic is much faster
+    than one subplot per tile.
+    """
+    rows, cols = _grid(len(tiles))
+    h, w = tiles[0].shape[:2]
+    extra = tiles[0].shape[2:]
+    out = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap, *extra), fill, np.float32)
+    for k, tile in enumerate(tiles):
+        r, c = divmod(k, cols)
+        out[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = tile
+    return out
+
+
+def _show(ax, image, **kwargs):
+    ax.imshow(image, interpolation="nearest", **kwargs)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def first_conv(model: Layer, params: PyTree) -> tuple[list[str], Any]:
     """The path (list of keys) and kernel of the first convolution in ``model``.
 
@@ -84,30 +107,27 @@ def first_conv(model: Layer, params: PyTree) -> tuple[list[str], Any]:
 
 
 def plot_filters(kernel: Any, path: str, *, title: str = "first convolution filters") -> str:
-    """Each output filter of a 2-D kernel ``(kh, kw, C_in, C_out)`` as an image.
+    """Each output filter of a 2-D kernel ``(kh, kw, C_in, C_out)`` as one tile of a mosaic.
 
     RGB kernels (``C_in == 3``) are shown in colour, each filter scaled to
-    ``[0, 1]``; otherwise input channel 0 in grey, on a colour scale symmetric about 0.
+    ``[0, 1]``; otherwise each filter's input channel 0 is scaled by its
+    largest magnitude and drawn blue (negative) - white - red (positive).
     """
     plt = _pyplot()
     k = np.asarray(jax.device_get(kernel), np.float32)
     if k.ndim != 4:
         raise ValueError(f"plot_filters: expected a 2-D conv kernel (kh, kw, C_in, C_out), got shape {k.shape}")
     n = k.shape[-1]
-    rows, cols = _grid(n)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.1 + 0.4), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i >= n:
-            continue
-        f = k[..., i]
-        if f.shape[-1] == 3:
-            lo, hi = f.min(), f.max()
-            ax.imshow((f - lo) / (hi - lo + 1e-12), interpolation="nearest")
-        else:
-            m = np.abs(f[..., 0]).max() + 1e-12
-            ax.imshow(f[..., 0], cmap="bwr", vmin=-m, vmax=m, interpolation="nearest")
-    fig.suptitle(f"{title} ({k.shape[0]}x{k.shape[1]}, {n} filters)")
+    fig, ax = plt.subplots(figsize=(6, 6))
+    if k.shape[2] == 3:
+        tiles = [(f - f.min()) / (f.max() - f.min() + 1e-12) for f in np.moveaxis(k, -1, 0)]
+        _show(ax, mosaic(tiles, fill=1.0))
+    else:
+        tiles = [f / (np.abs(f).max() + 1e-12) for f in np.moveaxis(k[:, :, 0], -1, 0)]
+        cmap = plt.get_cmap("bwr").with_extremes(bad="0.85")
+        _show(ax, mosaic(tiles), cmap=cmap, vmin=-1, vmax=1)
+    ax.set_title(f"{title}\n({n} filters of {k.shape[0]}x{k.shape[1]}"
+                 f"{', RGB' if k.shape[2] == 3 else ', input channel 0'})")
     return _save(fig, path)
 
 
@@ -131,22 +151,24 @@ def first_block_output(model: Layer, params: PyTree, state: PyTree, image: Any) 
 
 def plot_feature_maps(model: Layer, params: PyTree, state: PyTree, image: Any, path: str,
                       *, label: Any = None) -> str:
-    """The input image and every channel of the first conv block's output for it."""
+    """The input image (left) and every channel of the first conv block's output for it (right).
+
+    Each channel is scaled to its own ``[0, max]`` range.
+    """
     plt = _pyplot()
     maps = first_block_output(model, params, state, image)
     img = np.asarray(image, np.float32)
     n = maps.shape[-1]
-    rows, cols = _grid(n + 1)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.2 + 0.4), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i == 0:
-            ax.imshow(img if img.shape[-1] == 3 else img[..., 0], cmap=None if img.shape[-1] == 3 else "gray",
-                      interpolation="nearest")
-            ax.set_title("input" if label is None else f"input ({label})", fontsize=7)
-        elif i <= n:
-            ax.imshow(maps[..., i - 1], cmap="viridis", interpolation="nearest")
-    fig.suptitle(f"feature maps after the first convolution block ({n} channels)")
+    tiles = [m / (np.abs(m).max() + 1e-12) for m in np.moveaxis(maps, -1, 0)]
+    fig, (ax_in, ax_maps) = plt.subplots(1, 2, figsize=(10, 5), gridspec_kw={"width_ratios": [1, 2.5]})
+    if img.shape[-1] == 3:
+        _show(ax_in, np.clip(img, 0, 1))
+    else:
+        _show(ax_in, img[..., 0], cmap="gray")
+    ax_in.set_title("input" if label is None else f"input (label {label})")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="white")
+    _show(ax_maps, mosaic(tiles), cmap=cmap)
+    ax_maps.set_title(f"first convolution block output: {n} channels of {maps.shape[0]}x{maps.shape[1]}")
     return _save(fig, path)
 
 
