@@ -229,10 +229,6 @@ def load_arrays(path: str) -> dict[str, np.ndarray]:
     return _read(path)[0]
 
 
-def _describe(x: Any) -> str:
-    return f"shape {tuple(np.shape(x))} dtype {np.dtype(x.dtype).name if hasattr(x, 'dtype') else type(x).__name__}"
-
-
 def load(path: str, like: Any) -> Any:
     """Loads a checkpoint into the structure of ``like``.
 
@@ -243,7 +239,8 @@ def load(path: str, like: Any) -> Any:
 
     Returns:
       A tree with the structure of ``like``: JAX arrays where ``like`` has JAX
-      arrays (placed with ``like``'s sharding when it has one), NumPy arrays
+      arrays or ``ShapeDtypeStruct`` s (placed with their sharding when they
+      have one), NumPy arrays
       where it has NumPy arrays, Python scalars for Python scalars, typed PRNG
       keys of the same implementation for typed keys.
 
@@ -275,7 +272,12 @@ def load(path: str, like: Any) -> Any:
                 f"checkpoint: {path}: entry {name!r} is {kind(name in key_impls)} in the file "
                 f"but {kind(typed)} in `like`")
         ref_shape = tuple(np.shape(jax.random.key_data(ref) if typed else ref))
-        ref_dtype = np.dtype(jnp.uint32 if typed else getattr(ref, "dtype", None) or np.asarray(ref).dtype)
+        if typed:
+            ref_dtype = np.dtype(np.uint32)
+        elif hasattr(ref, "dtype"):
+            ref_dtype = np.dtype(ref.dtype)
+        else:
+            ref_dtype = np.asarray(ref).dtype
         if arr.shape != ref_shape:
             raise CheckpointError(
                 f"checkpoint: {path}: entry {name!r} has shape {arr.shape}; expected {ref_shape}")
@@ -288,7 +290,7 @@ def load(path: str, like: Any) -> Any:
                 raise CheckpointError(
                     f"checkpoint: {path}: entry {name!r} is a {key_impls[name]} key; expected {impl}")
             value = jax.random.wrap_key_data(jnp.asarray(arr), impl=impl)
-        elif isinstance(ref, jax.Array):
+        elif isinstance(ref, (jax.Array, jax.ShapeDtypeStruct)):
             sharding = getattr(ref, "sharding", None)
             value = jax.device_put(arr, sharding) if sharding is not None else jnp.asarray(arr)
         elif isinstance(ref, (bool, int, float, complex)):

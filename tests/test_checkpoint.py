@@ -139,6 +139,7 @@ def test_load_accepts_shape_dtype_structs(saved):
     like = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree["params"]),
             "key": tree["key"]}
     restored = ckpt.load(path, like)
+    assert isinstance(restored["params"]["dense0"]["kernel"], jax.Array)
     assert np.array_equal(restored["params"]["dense0"]["kernel"], np.ones((3, 2)))
 
 
