@@ -20,6 +20,7 @@ newest ``keep``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -49,6 +50,20 @@ _SUPPORTED = frozenset(np.dtype(d) for d in _DTYPES.values())
 
 class CheckpointError(ValueError):
     """A checkpoint file is unreadable or does not match the expected tree."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint file is truncated, not safetensors, or fails its checksum."""
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over the entries in name order (name, dtype, shape, bytes)."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        arr = arrays[name]
+        h.update(f"{name}|{arr.dtype.name}|{arr.shape}|".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------
@@ -126,7 +141,8 @@ def serialize(tree: Any, metadata: dict | None = None) -> bytes:
         meta_json = json.dumps(meta, sort_keys=True)
     except TypeError as e:
         raise TypeError(f"checkpoint.save: metadata must be JSON-serialisable: {e}") from None
-    header = {"format": FORMAT, "metadata": meta_json, "prng_keys": json.dumps(keys, sort_keys=True)}
+    header = {"format": FORMAT, "metadata": meta_json, "prng_keys": json.dumps(keys, sort_keys=True),
+              "sha256": _digest(tensors)}
     try:
         return safetensors.numpy.save(tensors, metadata=header)
     except Exception as e:  # safetensors raises its own exception types
@@ -202,7 +218,7 @@ def _read(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     try:
         entries = safetensors.deserialize(data)
     except Exception as e:  # SafetensorError: truncated, random bytes, bad header
-        raise CheckpointError(
+        raise CorruptCheckpointError(
             f"checkpoint: {path} is not a readable safetensors file (truncated or corrupt): {e}") from None
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8:8 + n]).get("__metadata__") or {}
@@ -212,16 +228,21 @@ def _read(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
             raise CheckpointError(f"checkpoint: {path}: entry {name!r} has unsupported dtype {spec['dtype']}")
         dtype = np.dtype(_DTYPES[spec["dtype"]])
         arrays[name] = np.frombuffer(bytes(spec["data"]), dtype).reshape(spec["shape"])
+    if "sha256" in header and _digest(arrays) != header["sha256"]:
+        raise CorruptCheckpointError(f"checkpoint: {path} is corrupt: its data fail the SHA-256 checksum")
     return arrays, header
+
+
+def _metadata(path: str, header: dict[str, str]) -> dict[str, Any]:
+    try:
+        return json.loads(header.get("metadata", "{}"))
+    except json.JSONDecodeError as e:
+        raise CorruptCheckpointError(f"checkpoint: {path} has malformed metadata: {e}") from None
 
 
 def read_metadata(path: str) -> dict[str, Any]:
     """The metadata dict stored by ``save`` (raises ``CheckpointError`` if unreadable)."""
-    header = _read(path)[1]
-    try:
-        return json.loads(header.get("metadata", "{}"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"checkpoint: {path} has malformed metadata: {e}") from None
+    return _metadata(path, _read(path)[1])
 
 
 def load_arrays(path: str) -> dict[str, np.ndarray]:
@@ -230,7 +251,12 @@ def load_arrays(path: str) -> dict[str, np.ndarray]:
 
 
 def load(path: str, like: Any) -> Any:
-    """Loads a checkpoint into the structure of ``like``.
+    """Loads a checkpoint into the structure of ``like`` (see ``load_with_metadata``)."""
+    return load_with_metadata(path, like)[0]
+
+
+def load_with_metadata(path: str, like: Any) -> tuple[Any, dict[str, Any]]:
+    """Loads a checkpoint into the structure of ``like``; also returns its metadata dict.
 
     Every leaf of ``like`` (arrays, scalars, PRNG keys; values are ignored,
     ``jax.ShapeDtypeStruct`` works too) must be present in the file under its
@@ -245,11 +271,13 @@ def load(path: str, like: Any) -> Any:
       keys of the same implementation for typed keys.
 
     Raises:
-      CheckpointError (a ``ValueError``): unreadable file (truncated, random
-        bytes), or a missing/unexpected entry, wrong shape, dtype or key type;
-        the message names the first mismatching key.
+      CorruptCheckpointError: unreadable file (truncated, random bytes, a
+        failed SHA-256 checksum of the tensor data).
+      CheckpointError (a ``ValueError``): a missing/unexpected entry, wrong
+        shape, dtype or key type; the message names the first mismatching key.
     """
     arrays, header = _read(path)
+    metadata = _metadata(path, header)
     try:
         key_impls = json.loads(header.get("prng_keys", "{}"))
     except json.JSONDecodeError:
@@ -302,7 +330,7 @@ def load(path: str, like: Any) -> Any:
     if extra:
         raise CheckpointError(
             f"checkpoint: {path} has an entry {extra[0]!r} that `like` lacks (the tree structure differs)")
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), values)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), values), metadata
 
 
 # --------------------------------------------------------------------------

@@ -66,12 +66,16 @@ def write_plots(out: str, model, params, state, history, test, num_classes: int)
 
 def _check_resume_config(checkpoint_dir: str, config: dict) -> None:
     """Refuses to resume a run with options that differ from those it was started with."""
-    from jaxconv.checkpoint import latest_checkpoint, read_metadata
+    from jaxconv.checkpoint import CorruptCheckpointError, list_checkpoints, read_metadata
 
-    path = latest_checkpoint(checkpoint_dir)
-    if path is None:
+    for _, path in reversed(list_checkpoints(checkpoint_dir)):
+        try:
+            old = read_metadata(path).get("config", {})
+            break
+        except CorruptCheckpointError:  # fit skips it too
+            continue
+    else:
         return
-    old = read_metadata(path).get("config", {})
     changed = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in config.items() if k in old and old[k] != v]
     if changed:
         raise ValueError(f"--resume: {path} was written with other options ({'; '.join(changed)}); "

@@ -289,8 +289,8 @@ def fit(
         end of every epoch and every ``checkpoint_every`` steps.
       checkpoint_every: steps between mid-epoch checkpoints (``None``: epoch ends only).
       keep: number of newest checkpoints kept (``None``: all).
-      resume: continue from the newest complete checkpoint in
-        ``checkpoint_dir`` (a fresh start if there is none).
+      resume: continue from the newest checkpoint in ``checkpoint_dir`` that
+        reads back intact (corrupt ones are skipped; a fresh start if there is none).
       metadata: JSON-serialisable dict stored in every checkpoint (model name, config).
 
     Returns:
@@ -332,15 +332,22 @@ def fit(
     last_checkpoint = None
     if resume:
         ckpt.remove_stale_temporaries(checkpoint_dir)
-        last_checkpoint = ckpt.latest_checkpoint(checkpoint_dir)
-        if last_checkpoint is not None:
-            info = ckpt.read_metadata(last_checkpoint).get("fit", {})
+        for _, path in reversed(ckpt.list_checkpoints(checkpoint_dir)):
+            try:  # the newest checkpoint that reads back intact
+                loaded, meta = ckpt.load_with_metadata(path, train_state)
+            except ckpt.CorruptCheckpointError as e:
+                if log is not None:
+                    log(f"skipping {e}")
+                continue
+            info = meta.get("fit", {})
             for name in ("seed", "batch_size", "steps_per_call", "n_train"):
                 if name in info and info[name] != run_info[name]:
                     raise ValueError(
-                        f"fit: cannot resume from {last_checkpoint}: it was written with "
+                        f"fit: cannot resume from {path}: it was written with "
                         f"{name}={info[name]!r}, this run has {name}={run_info[name]!r}")
-            train_state = ckpt.load(last_checkpoint, train_state)
+            train_state, last_checkpoint = loaded, path
+            break
+        if last_checkpoint is not None:
             history = list(info.get("history", []))
             partial = dict(info.get("partial", partial))
             if log is not None:

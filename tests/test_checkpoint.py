@@ -153,6 +153,16 @@ def test_load_rejects_truncated_file(saved):
         assert not ckpt.is_complete(path)
 
 
+def test_load_detects_flipped_data_bytes_by_checksum(saved):
+    path, tree = saved
+    data = bytearray(pathlib.Path(path).read_bytes())
+    data[-3] ^= 0x40  # inside the tensor data: the header still parses
+    pathlib.Path(path).write_bytes(bytes(data))
+    assert ckpt.is_complete(path)
+    with pytest.raises(ckpt.CorruptCheckpointError, match="corrupt: its data fail the SHA-256 checksum"):
+        ckpt.load(path, tree)
+
+
 def test_load_rejects_random_bytes(tmp_path):
     path = tmp_path / "junk.safetensors"
     for seed in range(3):

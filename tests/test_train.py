@@ -78,6 +78,21 @@ def test_resume_mid_epoch_in_process_is_bitwise_identical(tmp_path):
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in history]
 
 
+def test_resume_skips_a_corrupt_newest_checkpoint(tmp_path):
+    kw = dict(epochs=2, batch_size=16, seed=0, progress=False, checkpoint_dir=str(tmp_path), keep=None)
+    full, _ = fit(tiny_model(), optax.sgd(0.05), TRAIN, log=None, **kw)
+    assert [s for s, _ in ckpt.list_checkpoints(str(tmp_path))] == [6, 12]
+    newest = tmp_path / "ckpt-000000012.safetensors"
+    data = bytearray(newest.read_bytes())
+    data[-5] ^= 1
+    newest.write_bytes(bytes(data))
+    messages = []
+    resumed, _ = fit(tiny_model(), optax.sgd(0.05), TRAIN, log=messages.append, resume=True, **kw)
+    assert "skipping" in messages[0] and "ckpt-000000012" in messages[0] and "SHA-256" in messages[0]
+    assert "resumed from" in messages[1] and "at step 6" in messages[1]
+    assert leaves_equal(full, resumed)
+
+
 def test_resume_without_checkpoint_starts_fresh_and_finished_run_returns(tmp_path):
     opt = optax.sgd(0.1)
     kw = dict(epochs=1, batch_size=48, seed=0, progress=False, log=None,
