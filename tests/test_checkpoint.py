@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import jaxconv as jc
 from jaxconv import checkpoint as ckpt
@@ -229,3 +231,22 @@ def test_no_pickle_in_the_package():
         text = source.read_text()
         assert "import pickle" not in text and "allow_pickle=True" not in text, source
         assert "cloudpickle" not in text and "import dill" not in text, source
+
+
+DTYPES = [np.float32, np.float16, jnp.bfloat16, np.float64, np.int8, np.int32, np.int64, np.uint8,
+          np.uint32, np.bool_]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(DTYPES), st.lists(st.integers(0, 4), max_size=3)),
+                min_size=1, max_size=5),
+       st.integers(0, 2**31 - 1))
+def test_round_trip_random_trees(tmp_path_factory, leaves, seed):
+    rng = np.random.default_rng(seed)
+    tree = {}
+    for i, (dtype, shape) in enumerate(leaves):
+        values = rng.normal(size=shape) * 100
+        tree[f"layer{i}"] = {"w": np.asarray(values).astype(dtype), "nested": [np.asarray(values.size)]}
+    path = str(tmp_path_factory.mktemp("h") / "t.safetensors")
+    ckpt.save(path, tree)
+    assert_same(tree, ckpt.load(path, tree))
