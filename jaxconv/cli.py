@@ -6,52 +6,160 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 
 
 def write_json_atomic(path: str, obj) -> None:
-    """Writes JSON through a temporary file and a rename: never a half-written file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    """Writes JSON through a temporary file, fsync and a rename: never a half-written file."""
+    from jaxconv.checkpoint import write_atomic
+
+    write_atomic(path, json.dumps(obj, indent=2).encode())
+
+
+DEFAULT_AUGMENT = {"digits": "crop:1", "mnist": "crop:2", "fashion_mnist": "crop:2,flip",
+                   "cifar10": "crop:4,flip"}
+PLOTS = {"history": "loss_accuracy.png", "filters": "filters.png",
+         "feature_maps": "feature_maps.png", "confusion": "confusion_matrix.png"}
+
+
+def _loss_fn(label_smoothing: float):
+    import functools
+
+    from jaxconv.losses import cross_entropy
+
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"--label-smoothing must be in [0, 1), got {label_smoothing}")
+    return functools.partial(cross_entropy, label_smoothing=label_smoothing) if label_smoothing else cross_entropy
+
+
+def _build(config: dict):
+    """Model, optimizer and loss of a run from its config (shared by train and evaluate)."""
+    from jaxconv.models import get_model
+    from jaxconv.train import make_optimizer
+
+    model = get_model(config["model"], num_classes=config["num_classes"])
+    optimizer = make_optimizer(config["optimizer"], config["lr"], schedule=config["schedule"],
+                               total_steps=config["total_steps"], weight_decay=config["weight_decay"])
+    return model, optimizer, _loss_fn(config["label_smoothing"])
+
+
+def write_plots(out: str, model, params, state, history, test, num_classes: int) -> list[str]:
+    """Writes the four PNGs of a run to ``out``; returns their paths."""
+    from jaxconv import viz
+    from jaxconv.train import predict
+
+    paths = [viz.plot_history(history, os.path.join(out, PLOTS["history"]))]
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        _, kernel = viz.first_conv(model, params)
+        if kernel.ndim == 4:
+            paths.append(viz.plot_filters(kernel, os.path.join(out, PLOTS["filters"])))
+            paths.append(viz.plot_feature_maps(model, params, state, test.images[0],
+                                               os.path.join(out, PLOTS["feature_maps"]),
+                                               label=int(test.labels[0])))
+    except ValueError as e:  # a model without a (top-level, 2-D) convolution
+        print(f"skipping the filter plots: {e}")
+    predictions = predict(model, params, state, test.images)
+    matrix = viz.confusion_matrix(test.labels, predictions, num_classes)
+    paths.append(viz.plot_confusion(matrix, os.path.join(out, PLOTS["confusion"])))
+    return paths
+
+
+def _check_resume_config(checkpoint_dir: str, config: dict) -> None:
+    """Refuses to resume a run with options that differ from those it was started with."""
+    from jaxconv.checkpoint import CorruptCheckpointError, list_checkpoints, read_metadata
+
+    for _, path in reversed(list_checkpoints(checkpoint_dir)):
+        try:
+            old = read_metadata(path).get("config", {})
+            break
+        except CorruptCheckpointError:  # fit skips it too
+            continue
+    else:
+        return
+    changed = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in config.items() if k in old and old[k] != v]
+    if changed:
+        raise ValueError(f"--resume: {path} was written with other options ({'; '.join(changed)}); "
+                         "use the same options or another --out")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     import jax
-    import optax
 
-    from jaxconv.data import load_dataset
-    from jaxconv.models import get_model
-    from jaxconv.train import fit
+    from jaxconv.data import load_dataset, parse_augment
+    from jaxconv.train import NonFiniteLossError, fit
 
-    data = load_dataset(args.dataset)
-    model = get_model(args.model, num_classes=data.num_classes)
-    optimizer = optax.adam(args.lr)
+    data = load_dataset(args.dataset, args.data_dir)
+    epochs = args.epochs if args.epochs is not None else (30 if data.name == "digits" else 10)
+    augment_spec = DEFAULT_AUGMENT[data.name] if args.augment == "auto" else args.augment
+    augment = parse_augment(augment_spec)
+    config = {
+        "dataset": data.name, "model": args.model, "num_classes": data.num_classes,
+        "input_shape": list(data.input_shape), "optimizer": args.optimizer, "lr": args.lr,
+        "schedule": args.schedule, "weight_decay": args.weight_decay,
+        "label_smoothing": args.label_smoothing, "augment": augment_spec, "epochs": epochs,
+        "batch_size": args.batch_size, "seed": args.seed,
+        "total_steps": epochs * (len(data.train.labels) // args.batch_size),
+    }
+    model, optimizer, loss_fn = _build(config)
     print(f"jaxconv train: {args.model} on {data.name} "
-          f"({len(data.train.labels)} train / {len(data.test.labels)} test), "
-          f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, seed {args.seed}, "
+          f"({len(data.train.labels)} train / {len(data.test.labels)} test), {epochs} epochs, "
+          f"batch {args.batch_size}, {args.optimizer} lr {args.lr} ({args.schedule}), "
+          f"label smoothing {args.label_smoothing}, augment {augment_spec}, seed {args.seed}, "
           f"backend {jax.default_backend()}")
-    state, history = fit(model, optimizer, data.train, test=data.test, epochs=args.epochs,
-                         batch_size=args.batch_size, seed=args.seed,
-                         progress=not args.no_progress)
+    checkpoint_dir = os.path.join(args.out, "checkpoints")
+    if args.resume:
+        _check_resume_config(checkpoint_dir, config)
+    try:
+        state, history = fit(model, optimizer, data.train, test=data.test, epochs=epochs,
+                             batch_size=args.batch_size, loss_fn=loss_fn, seed=args.seed,
+                             progress=not args.no_progress, augment=augment,
+                             checkpoint_dir=checkpoint_dir, checkpoint_every=args.checkpoint_every,
+                             keep=args.keep, resume=args.resume, metadata={"config": config})
+    except NonFiniteLossError as e:
+        print(f"jaxconv train: {e}", file=sys.stderr)
+        return 1
     final = history[-1]
     print(f"final test accuracy: {final['test_accuracy']:.4f}")
+    from jaxconv.checkpoint import latest_checkpoint
+
     write_json_atomic(os.path.join(args.out, "metrics.json"), {
-        "dataset": data.name, "model": args.model, "epochs": args.epochs,
-        "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-        "history": history, "final_test_accuracy": final["test_accuracy"],
+        "config": config, "history": history, "final_test_accuracy": final["test_accuracy"],
+        "final_test_loss": final["test_loss"], "checkpoint": latest_checkpoint(checkpoint_dir),
     })
     print(f"wrote {os.path.join(args.out, 'metrics.json')}")
+    if not args.no_plots:
+        for path in write_plots(args.out, model, state.params, state.state, history, data.test,
+                                data.num_classes):
+            print(f"wrote {path}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import jax
+
+    from jaxconv import checkpoint as ckpt
+    from jaxconv.data import load_dataset
+    from jaxconv.train import create_train_state, evaluate
+
+    checkpoint_dir = os.path.join(args.out, "checkpoints")
+    path = ckpt.latest_checkpoint(checkpoint_dir)
+    if path is None:
+        print(f"jaxconv evaluate: no checkpoint in {checkpoint_dir} (run `jaxconv train --out {args.out}`)",
+              file=sys.stderr)
+        return 1
+    meta = ckpt.read_metadata(path)
+    config = meta.get("config")
+    if config is None:
+        print(f"jaxconv evaluate: {path} has no run config (not written by `jaxconv train`)", file=sys.stderr)
+        return 1
+    model, optimizer, loss_fn = _build(config)
+    like = create_train_state(model, jax.random.PRNGKey(0), tuple(config["input_shape"]), optimizer)
+    ts = ckpt.load(path, like)
+    data = load_dataset(config["dataset"], args.data_dir)
+    result = evaluate(model, ts.params, ts.state, data.test, loss_fn=loss_fn)
+    print(f"{path}: step {int(ts.step)}, {config['model']} on {config['dataset']}: "
+          f"test loss {result['loss']:.4f}, test accuracy {result['accuracy']:.4f} "
+          f"({len(data.test.labels)} examples)")
     return 0
 
 
@@ -76,20 +184,40 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from jaxconv.models import MODELS
+    from jaxconv.train import OPTIMIZERS, SCHEDULES
 
     parser = argparse.ArgumentParser(prog="jaxconv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a model (default: digits_cnn on digits)")
-    train.add_argument("--dataset", default="digits", choices=["digits"])
+    train.add_argument("--dataset", default="digits", choices=["digits", "mnist", "fashion_mnist", "cifar10"])
+    train.add_argument("--data-dir", default=None,
+                       help="directory with the data set files (default $JAXCONV_DATA or ./data)")
     train.add_argument("--model", default="digits_cnn", choices=sorted(MODELS))
-    train.add_argument("--epochs", type=int, default=15)
+    train.add_argument("--optimizer", default="adamw", choices=list(OPTIMIZERS))
+    train.add_argument("--lr", type=float, default=3e-3, help="(peak) learning rate")
+    train.add_argument("--schedule", default="onecycle", choices=list(SCHEDULES))
+    train.add_argument("--weight-decay", type=float, default=1e-4)
+    train.add_argument("--label-smoothing", type=float, default=0.1)
+    train.add_argument("--augment", default="auto",
+                       help="'auto' (per data set), 'none', or a comma list of crop:P and flip")
+    train.add_argument("--epochs", type=int, default=None, help="default 30 on digits, else 10")
     train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", default="runs/latest", help="output directory")
+    train.add_argument("--checkpoint-every", type=int, default=None,
+                       help="also checkpoint every N steps (always at the end of each epoch)")
+    train.add_argument("--keep", type=int, default=3, help="number of newest checkpoints kept")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the newest complete checkpoint in --out")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
     train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="reload a training run and report its test accuracy")
+    evaluate.add_argument("--out", default="runs/latest", help="the run's output directory")
+    evaluate.add_argument("--data-dir", default=None, help="directory with the data set files")
+    evaluate.set_defaults(func=cmd_evaluate)
 
     summ = sub.add_parser("summary", help="print a model's layers, shapes, parameter counts "
                                           "and multiply-adds")
@@ -105,7 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:  # bad options, missing or corrupt data files
+        print(f"jaxconv {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -54,6 +54,74 @@ def create_train_state(
 LossFn = Callable[[Any, Any], Any]
 
 
+def with_augmentation(model: Layer, augment: Callable[[Any, Any], Any] | None) -> Layer:
+    """Wraps ``model`` so that, in training mode, inputs pass through ``augment(key, x)`` first.
+
+    The wrapper has the same params/state as ``model`` (checkpoint keys are
+    unchanged). In training the layer key is split into an augmentation key
+    and the model's key; in inference the input is used as is.
+    """
+    if augment is None:
+        return model
+
+    def apply(params, state, x, *, key=None, train=False):
+        if train:
+            if key is None:
+                raise ValueError("with_augmentation: training mode needs a key for the augmentation")
+            aug_key, key = jax.random.split(key)
+            x = augment(aug_key, x)
+        return model.apply(params, state, x, key=key, train=train)
+
+    return Layer(model.init, apply, model.kind, model.children)
+
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "onecycle")
+
+
+def learning_rate_schedule(name: str, lr: float, total_steps: int, *, warmup_steps: int | None = None):
+    """A learning-rate schedule over ``total_steps`` optimizer steps.
+
+    - ``constant``: ``lr``.
+    - ``cosine``: ``lr * (1 + cos(pi * t / T)) / 2``.
+    - ``warmup_cosine``: linear from 0 to ``lr`` over ``warmup_steps`` (default
+      ``T / 20``), then cosine decay to 0.
+    - ``onecycle``: cosine ramp from ``lr / 25`` to ``lr`` over the first 30 %, then
+      cosine decay to ``lr / 25 / 1e4`` (``optax.cosine_onecycle_schedule``).
+    """
+    if name not in SCHEDULES:
+        raise ValueError(f"learning_rate_schedule: unknown schedule {name!r}; expected one of {SCHEDULES}")
+    total_steps = max(int(total_steps), 1)
+    if name == "constant":
+        return optax.constant_schedule(lr)
+    if name == "cosine":
+        return optax.cosine_decay_schedule(lr, total_steps)
+    if name == "warmup_cosine":
+        warmup = max(1, total_steps // 20) if warmup_steps is None else warmup_steps
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total_steps)
+    return optax.cosine_onecycle_schedule(total_steps, lr)
+
+
+def make_optimizer(name: str, lr: float, *, schedule: str = "constant", total_steps: int = 1,
+                   weight_decay: float = 0.0, momentum: float = 0.9) -> optax.GradientTransformation:
+    """``sgd`` (with Nesterov momentum), ``adam`` or ``adamw`` on a learning-rate schedule.
+
+    ``weight_decay`` is decoupled for ``adamw`` and added to the gradient
+    (L2) for ``sgd`` and ``adam``.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"make_optimizer: unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
+    if not lr > 0:
+        raise ValueError(f"make_optimizer: lr must be > 0, got {lr!r}")
+    rate = learning_rate_schedule(schedule, lr, total_steps)
+    if name == "adamw":
+        return optax.adamw(rate, weight_decay=weight_decay)
+    base = optax.sgd(rate, momentum=momentum, nesterov=True) if name == "sgd" else optax.adam(rate)
+    if weight_decay:
+        return optax.chain(optax.add_decayed_weights(weight_decay), base)
+    return base
+
+
 def make_train_step(
     model: Layer,
     optimizer: optax.GradientTransformation,
@@ -111,6 +179,25 @@ def make_eval_step(model: Layer, loss_fn: LossFn = cross_entropy) -> Callable:
     return jax.jit(eval_step)
 
 
+def predict(model: Layer, params: PyTree, state: PyTree, images: Any, *, batch_size: int = 512) -> np.ndarray:
+    """Arg-max class of every image, in inference mode: int ``(N,)``.
+
+    Batches are padded to ``batch_size`` so one compiled function serves all.
+    """
+    apply = jax.jit(lambda p, s, x: jnp.argmax(model.apply(p, s, x, train=False)[0], -1))
+    images = np.asarray(images)
+    n = len(images)
+    batch_size = max(1, min(batch_size, n))
+    out = []
+    for start in range(0, n, batch_size):
+        xb = images[start:start + batch_size]
+        valid = len(xb)
+        if valid < batch_size:
+            xb = np.concatenate([xb, np.zeros((batch_size - valid,) + xb.shape[1:], xb.dtype)])
+        out.append(np.asarray(apply(params, state, xb))[:valid])
+    return np.concatenate(out) if out else np.zeros((0,), np.int32)
+
+
 def evaluate(
     model: Layer,
     params: PyTree,
@@ -146,6 +233,16 @@ def evaluate(
     return {"loss": loss_sum / n, "accuracy": correct_sum / n}
 
 
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a non-finite loss or non-finite parameters."""
+
+
+def _all_finite(tree: PyTree) -> bool:
+    leaves = [x for x in jax.tree_util.tree_leaves(tree)
+              if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
+
+
 def fit(
     model: Layer,
     optimizer: optax.GradientTransformation,
@@ -160,8 +257,19 @@ def fit(
     steps_per_call: int = 1,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
+    augment: Callable[[Any, Any], Any] | None = None,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int | None = None,
+    keep: int | None = 3,
+    resume: bool = False,
+    metadata: dict | None = None,
 ) -> tuple[TrainState, list[dict[str, float]]]:
     """Trains ``model`` for ``epochs`` passes over shuffled mini-batches.
+
+    Randomness depends only on ``(seed, epoch, step)``: epoch ``e`` is shuffled
+    with ``fold_in(shuffle_key, e)`` and step ``t`` uses ``fold_in(key, t)``
+    (dropout, augmentation). A run resumed from a checkpoint therefore ends
+    with bitwise the same parameters as an uninterrupted one.
 
     Args:
       model: the network; its input shape is taken from ``train``.
@@ -169,58 +277,154 @@ def fit(
       train, test: ``(images, labels)`` splits; ``test`` is evaluated after each epoch.
       epochs, batch_size: the schedule (the last incomplete batch is dropped).
       loss_fn: ``(logits, labels) -> scalar``.
-      seed: seeds init and the shuffling; the same seed gives the same result.
+      seed: seeds init, shuffling and augmentation; the same seed gives the same result.
       train_state: continue from this state instead of a fresh init.
       steps_per_call: optimizer steps per compiled call (see ``make_train_step``).
       progress: show a tqdm progress bar with the running loss and accuracy.
       log: called with one line per epoch (``None`` for silence).
+      augment: ``(key, images) -> images`` applied inside the compiled step in
+        training mode (see ``jaxconv.data.augmentation``).
+      checkpoint_dir: if given, a checkpoint (``ckpt-<step>.safetensors``: the
+        ``TrainState`` plus JSON metadata with the history) is written at the
+        end of every epoch and every ``checkpoint_every`` steps.
+      checkpoint_every: steps between mid-epoch checkpoints (``None``: epoch ends only).
+      keep: number of newest checkpoints kept (``None``: all).
+      resume: continue from the newest checkpoint in ``checkpoint_dir`` that
+        reads back intact (corrupt ones are skipped; a fresh start if there is none).
+      metadata: JSON-serialisable dict stored in every checkpoint (model name, config).
 
     Returns:
       ``(train_state, history)``, one history dict per epoch with
       ``train_loss``, ``train_accuracy``, ``test_loss``, ``test_accuracy``, ``seconds``.
+
+    Raises:
+      NonFiniteLossError: a loss (or the parameters) became NaN/inf; the message
+        names the step (the 1-based count of optimizer steps) and the last good
+        checkpoint, which is kept.
     """
     from tqdm.auto import tqdm
+
+    from jaxconv import checkpoint as ckpt
 
     images, labels = train
     if len(images) != len(labels):
         raise ValueError(f"fit: {len(images)} images but {len(labels)} labels")
+    if checkpoint_every is not None and (isinstance(checkpoint_every, bool)
+                                         or not isinstance(checkpoint_every, int) or checkpoint_every < 1):
+        raise ValueError(f"fit: checkpoint_every must be an int >= 1 or None, got {checkpoint_every!r}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("fit: resume=True needs checkpoint_dir")
     key = jax.random.PRNGKey(seed)
     init_key, shuffle_key = jax.random.split(key)
     if train_state is None:
         input_shape = (-1,) + tuple(np.shape(images)[1:])
         train_state = create_train_state(model, init_key, input_shape, optimizer)
-    step_fn = make_train_step(model, optimizer, loss_fn, steps_per_call=steps_per_call)
+    n_items = batches_per_epoch(len(labels), batch_size, steps_per_call)
+    if n_items < 1:
+        raise ValueError(f"fit: batch_size * steps_per_call = {batch_size * steps_per_call} "
+                         f"exceeds the {len(labels)} training examples")
+    steps_per_epoch = n_items * steps_per_call
+    run_info = {"seed": seed, "batch_size": batch_size, "steps_per_call": steps_per_call,
+                "n_train": len(labels), "epochs": epochs}
+
+    history: list[dict[str, float]] = []
+    partial = {"loss": 0.0, "accuracy": 0.0, "steps": 0}
+    last_checkpoint = None
+    if resume:
+        ckpt.remove_stale_temporaries(checkpoint_dir)
+        for _, path in reversed(ckpt.list_checkpoints(checkpoint_dir)):
+            try:  # the newest checkpoint that reads back intact
+                loaded, meta = ckpt.load_with_metadata(path, train_state)
+            except ckpt.CorruptCheckpointError as e:
+                if log is not None:
+                    log(f"skipping {e}")
+                continue
+            info = meta.get("fit", {})
+            for name in ("seed", "batch_size", "steps_per_call", "n_train"):
+                if name in info and info[name] != run_info[name]:
+                    raise ValueError(
+                        f"fit: cannot resume from {path}: it was written with "
+                        f"{name}={info[name]!r}, this run has {name}={run_info[name]!r}")
+            train_state, last_checkpoint = loaded, path
+            break
+        if last_checkpoint is not None:
+            history = list(info.get("history", []))
+            partial = dict(info.get("partial", partial))
+            if log is not None:
+                log(f"resumed from {last_checkpoint} at step {int(train_state.step)}")
+
+    step = int(train_state.step)
+    if step % steps_per_call:
+        raise ValueError(f"fit: step {step} of the train state is not a multiple of steps_per_call={steps_per_call}")
+
+    model_t = with_augmentation(model, augment)
+    step_fn = make_train_step(model_t, optimizer, loss_fn, steps_per_call=steps_per_call)
     eval_step = make_eval_step(model, loss_fn)
     images, labels = jnp.asarray(images), jnp.asarray(labels)
-    n_items = batches_per_epoch(len(labels), batch_size, steps_per_call)
-    history = []
-    for epoch in range(epochs):
+    pending: list[tuple[int, dict[str, Any]]] = []
+
+    def drain():
+        """Moves pending metrics into ``partial``; stops on a non-finite loss."""
+        for first, metrics in jax.device_get(pending):
+            losses = np.reshape(metrics["loss"], -1)
+            accs = np.reshape(metrics["accuracy"], -1)
+            for j, (l, a) in enumerate(zip(losses, accs)):
+                if not np.isfinite(l):
+                    stop(f"non-finite loss {float(l)} at step {first + j + 1}")
+                partial["loss"] += float(l)
+                partial["accuracy"] += float(a)
+                partial["steps"] += 1
+        pending.clear()
+
+    def stop(what):
+        kept = (f"the last good checkpoint is {last_checkpoint}" if last_checkpoint
+                else "no checkpoint was written")
+        raise NonFiniteLossError(f"fit: {what} (epoch {epoch + 1}); training stopped, {kept}")
+
+    def save(epoch_done):
+        nonlocal last_checkpoint
+        drain()
+        if not _all_finite(train_state.params):
+            stop(f"non-finite parameters after step {step}")
+        meta = dict(metadata or {})
+        meta["fit"] = dict(run_info, step=step, epochs_done=epoch_done, history=history, partial=partial)
+        last_checkpoint = ckpt.save_checkpoint(checkpoint_dir, step, train_state, meta, keep=keep)
+
+    epoch = step // steps_per_epoch
+    for epoch in range(step // steps_per_epoch, epochs):
         start = time.perf_counter()
         epoch_key = jax.random.fold_in(shuffle_key, epoch)
-        sums = {"loss": 0.0, "accuracy": 0.0}
-        bar = tqdm(total=n_items * steps_per_call, desc=f"epoch {epoch + 1}/{epochs}",
-                   disable=not progress, leave=False, unit="step")
-        pending = []
+        first_item = (step - epoch * steps_per_epoch) // steps_per_call
+        bar = tqdm(total=steps_per_epoch, initial=first_item * steps_per_call,
+                   desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False, unit="step")
         for i, batch in enumerate(epoch_batches(epoch_key, images, labels, batch_size,
-                                                steps_per_call=steps_per_call)):
+                                                steps_per_call=steps_per_call, start=first_item),
+                                  start=first_item):
             train_state, metrics = step_fn(train_state, batch)
-            pending.append(metrics)
+            pending.append((step, metrics))
+            step += steps_per_call
             bar.update(steps_per_call)
-            if progress and (i % 10 == 9 or i == n_items - 1):
-                bar.set_postfix(loss=f"{float(jnp.mean(metrics['loss'])):.4f}",
-                                acc=f"{float(jnp.mean(metrics['accuracy'])):.3f}")
+            if i % 10 == 9 or i == n_items - 1:
+                drain()
+                if progress and partial["steps"]:
+                    bar.set_postfix(loss=f"{partial['loss'] / partial['steps']:.4f}",
+                                    acc=f"{partial['accuracy'] / partial['steps']:.3f}")
+            if (checkpoint_dir is not None and checkpoint_every is not None and i < n_items - 1
+                    and step // checkpoint_every > (step - steps_per_call) // checkpoint_every):
+                save(epoch)
         bar.close()
-        for m in jax.device_get(pending):
-            for k in sums:
-                sums[k] += float(np.mean(m[k]))
-        record = {"epoch": epoch + 1,
-                  "train_loss": sums["loss"] / max(n_items, 1),
-                  "train_accuracy": sums["accuracy"] / max(n_items, 1)}
+        drain()
+        count = max(partial["steps"], 1)
+        record = {"epoch": epoch + 1, "train_loss": partial["loss"] / count,
+                  "train_accuracy": partial["accuracy"] / count}
+        partial = {"loss": 0.0, "accuracy": 0.0, "steps": 0}
         if test is not None:
             ev = evaluate(model, train_state.params, train_state.state, test, eval_step=eval_step)
             record.update(test_loss=ev["loss"], test_accuracy=ev["accuracy"])
         record["seconds"] = time.perf_counter() - start
         history.append(record)
+        if checkpoint_dir is not None:
+            save(epoch + 1)
         if log is not None:
             log(format_record(record, epochs))
     return train_state, history

@@ -1,0 +1,66 @@
+"""Child process of ``test_resume.py``: a tiny training run that checkpoints often.
+
+Prints ``saved <step>`` after every checkpoint. With ``--hang-in-write N`` the
+N-th checkpoint write of this process stops half-way through writing its
+temporary file, prints ``in-write <step>`` and sleeps, so that the parent can
+SIGKILL it in the middle of a write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dir", required=True)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--hang-in-write", type=int, default=0)
+    args = parser.parse_args()
+
+    import jaxconv as jc
+    from jaxconv import checkpoint as ckpt
+    from jaxconv.data import augmentation
+    from jaxconv.train import fit, make_optimizer
+
+    writes = {"n": 0, "step": None}
+    real_save_checkpoint = ckpt.save_checkpoint
+    real_write_bytes = ckpt._write_bytes
+
+    def save_checkpoint(directory, step, tree, metadata=None, *, keep=3):
+        writes["n"] += 1
+        writes["step"] = step
+        path = real_save_checkpoint(directory, step, tree, metadata, keep=keep)
+        print(f"saved {step}", flush=True)
+        return path
+
+    def write_bytes(f, data):
+        if writes["n"] == args.hang_in_write:
+            f.write(data[: len(data) // 2])
+            f.flush()
+            print(f"in-write {writes['step']}", flush=True)
+            time.sleep(600)
+        real_write_bytes(f, data)
+
+    ckpt.save_checkpoint = save_checkpoint
+    ckpt._write_bytes = write_bytes
+
+    rng = np.random.default_rng(0)  # synthetic 8x8 images: no data set to load
+    images = rng.random((256, 8, 8, 1), dtype=np.float32)
+    train = (images, (images.sum(axis=(1, 2, 3)) * 7).astype(np.int32) % 10)
+    model = jc.serial(jc.Conv(4, 3), jc.Relu(), jc.MaxPool(2), jc.Flatten(), jc.Dense(10))
+    epochs, batch = 3, 32
+    optimizer = make_optimizer("adamw", 3e-3, schedule="onecycle", total_steps=epochs * 8, weight_decay=1e-4)
+    fit(model, optimizer, train, test=None, epochs=epochs, batch_size=batch, seed=3,
+        augment=augmentation(1, flip=True), progress=False, log=None,
+        checkpoint_dir=args.dir, checkpoint_every=3, keep=2, resume=args.resume)
+    print("done", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

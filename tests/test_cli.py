@@ -1,0 +1,70 @@
+"""The command line: ``jaxconv train`` and ``jaxconv evaluate`` on tiny settings."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import matplotlib.image
+import pytest
+
+from jaxconv import checkpoint as ckpt
+from jaxconv.cli import PLOTS, main
+
+
+def test_train_writes_checkpoints_metrics_and_plots_then_evaluate_agrees(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    rc = main(["train", "--epochs", "2", "--batch-size", "128", "--out", out, "--no-progress",
+               "--checkpoint-every", "5", "--keep", "2", "--seed", "1"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "digits_cnn on digits (1437 train / 360 test), 2 epochs, batch 128, adamw lr 0.003 (onecycle)" in printed
+    assert "augment crop:1" in printed and "final test accuracy:" in printed
+
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["config"]["model"] == "digits_cnn" and metrics["config"]["total_steps"] == 22
+    assert [r["epoch"] for r in metrics["history"]] == [1, 2]
+    # 11 steps per epoch: checkpoints at 5, 10, 11 (epoch end), 15, 20, 22 (epoch end); keep 2.
+    assert [s for s, _ in ckpt.list_checkpoints(os.path.join(out, "checkpoints"))] == [20, 22]
+    assert metrics["checkpoint"].endswith("ckpt-000000022.safetensors")
+
+    for name in PLOTS.values():
+        path = os.path.join(out, name)
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
+        image = matplotlib.image.imread(path)
+        assert image.ndim == 3 and min(image.shape[:2]) > 200, (name, image.shape)
+
+    assert main(["evaluate", "--out", out]) == 0
+    line = capsys.readouterr().out
+    assert "step 22, digits_cnn on digits" in line
+    assert f"test accuracy {metrics['final_test_accuracy']:.4f} (360 examples)" in line
+
+
+def test_train_resume_continues_from_the_checkpoint(tmp_path, capsys):
+    out = str(tmp_path / "mlp")
+    args = ["train", "--model", "seed_mlp", "--epochs", "1", "--batch-size", "256", "--out", out,
+            "--no-progress", "--no-plots", "--optimizer", "sgd", "--schedule", "constant",
+            "--label-smoothing", "0", "--augment", "none"]
+    assert main(args) == 0
+    first = json.load(open(os.path.join(out, "metrics.json")))
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "resumed from" in printed and "at step 5" in printed
+    second = json.load(open(os.path.join(out, "metrics.json")))
+    assert second["history"] == first["history"]
+    assert not any(name.endswith(".png") for name in os.listdir(out))
+    assert main(args + ["--resume", "--lr", "0.5"]) == 2
+    assert "was written with other options (lr: 0.003 -> 0.5)" in capsys.readouterr().err
+
+
+def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys):
+    assert main(["evaluate", "--out", str(tmp_path / "nothing")]) == 1
+    assert "no checkpoint in" in capsys.readouterr().err
+    assert main(["train", "--augment", "rotate", "--out", str(tmp_path)]) == 2
+    assert "unknown item 'rotate'" in capsys.readouterr().err
+    assert main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert "missing train-images-idx3-ubyte.gz" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--optimizer", "lbfgs"])
