@@ -10,7 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
+from jaxconv.parallel import (batch_sharding, check_batch_size, check_mesh, data_size, is_primary,
+                              replicate, replicated_sharding, shard_batch)
 from jaxconv.core import Layer, PyTree
 from jaxconv.data import Split, batches_per_epoch, epoch_batches
 from jaxconv.losses import accuracy, cross_entropy
@@ -60,6 +63,7 @@ def make_train_step(
     loss_fn: LossFn = cross_entropy,
     *,
     steps_per_call: int = 1,
+    mesh: Mesh | None = None,
 ) -> Callable[[TrainState, tuple[Any, Any]], tuple[TrainState, dict[str, Any]]]:
     """Builds a jit-compiled, buffer-donating training step.
 
@@ -71,6 +75,15 @@ def make_train_step(
     With ``steps_per_call=K > 1`` the batch arrays carry a leading axis of
     ``K`` mini-batches, the K updates run inside one compiled call, and the
     metrics have shape ``(K,)``.
+
+    With a ``mesh`` (see ``jaxconv.parallel``), the step is compiled for all of
+    its devices: the batch is sharded along the mesh's ``"data"`` axis, the
+    train state is replicated (inputs and outputs), and XLA all-reduces the
+    gradients and BatchNorm's batch statistics, so the result equals the
+    one-device step on the same global batch. The global batch size must be
+    divisible by the size of the ``"data"`` axis (``ValueError`` otherwise).
+    With several processes, pass global arrays (``parallel.replicate``,
+    ``parallel.shard_batch`` / ``parallel.host_local_batch``).
     """
     if not isinstance(steps_per_call, int) or steps_per_call < 1:
         raise ValueError(f"make_train_step: steps_per_call must be an int >= 1, got {steps_per_call!r}")
@@ -96,11 +109,27 @@ def make_train_step(
         def step(ts, batch):
             return jax.lax.scan(one_step, ts, batch)
 
-    return jax.jit(step, donate_argnums=0)
+    if mesh is None:
+        return jax.jit(step, donate_argnums=0)
+    check_mesh(mesh, where="make_train_step")
+    replicated = replicated_sharding(mesh)
+    batch_axis = 0 if steps_per_call == 1 else 1
+
+    def sharded_step(ts, batch):
+        # Shapes are static: this check runs once per compilation, at trace time.
+        check_batch_size(jnp.shape(batch[0])[batch_axis], mesh, where="make_train_step")
+        return step(ts, batch)
+
+    return jax.jit(sharded_step, donate_argnums=0,
+                   in_shardings=(replicated, batch_sharding(mesh, steps_per_call=steps_per_call)),
+                   out_shardings=(replicated, replicated))
 
 
-def make_eval_step(model: Layer, loss_fn: LossFn = cross_entropy) -> Callable:
-    """A jitted ``(params, state, images, labels, mask) -> (loss_sum, correct_sum)``."""
+def make_eval_step(model: Layer, loss_fn: LossFn = cross_entropy, *, mesh: Mesh | None = None) -> Callable:
+    """A jitted ``(params, state, images, labels, mask) -> (loss_sum, correct_sum)``.
+
+    With a ``mesh``, params/state are replicated and the batch is sharded on ``"data"``.
+    """
 
     def eval_step(params, state, images, labels, mask):
         logits, _ = model.apply(params, state, images, train=False)
@@ -108,7 +137,12 @@ def make_eval_step(model: Layer, loss_fn: LossFn = cross_entropy) -> Callable:
         correct = jnp.argmax(logits, -1) == labels
         return jnp.sum(per_example * mask), jnp.sum(correct * mask)
 
-    return jax.jit(eval_step)
+    if mesh is None:
+        return jax.jit(eval_step)
+    replicated = replicated_sharding(check_mesh(mesh, where="make_eval_step"))
+    sharded = batch_sharding(mesh)
+    return jax.jit(eval_step, in_shardings=(replicated, replicated, sharded, sharded, sharded),
+                   out_shardings=replicated)
 
 
 def evaluate(
@@ -120,16 +154,22 @@ def evaluate(
     batch_size: int = 512,
     loss_fn: LossFn = cross_entropy,
     eval_step: Callable | None = None,
+    mesh: Mesh | None = None,
 ) -> dict[str, float]:
     """Mean loss and accuracy over a whole split, in inference mode.
 
     The last batch is padded to ``batch_size`` (and masked), so every call
-    reuses one compiled function.
+    reuses one compiled function. With a ``mesh`` the batches are sharded over
+    its ``"data"`` axis (``batch_size`` is rounded up to a multiple of its size)
+    and ``params``/``state`` should be replicated on it (``parallel.replicate``).
     """
     images, labels = data
     n = len(labels)
-    eval_step = eval_step or make_eval_step(model, loss_fn)
+    eval_step = eval_step or make_eval_step(model, loss_fn, mesh=mesh)
     batch_size = min(batch_size, n)
+    if mesh is not None:
+        shards = data_size(mesh)
+        batch_size = -(-batch_size // shards) * shards
     loss_sum, correct_sum = 0.0, 0.0
     for start in range(0, n, batch_size):
         xb, yb = np.asarray(images[start:start + batch_size]), np.asarray(labels[start:start + batch_size])
@@ -140,6 +180,8 @@ def evaluate(
             pad = batch_size - valid
             xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
             yb = np.concatenate([yb, np.zeros((pad,), yb.dtype)])
+        if mesh is not None:
+            xb, yb, mask = shard_batch((xb, yb, mask), mesh)
         l, c = eval_step(params, state, xb, yb, mask)
         loss_sum += float(l)
         correct_sum += float(c)
@@ -160,6 +202,7 @@ def fit(
     steps_per_call: int = 1,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
+    mesh: Mesh | None = None,
 ) -> tuple[TrainState, list[dict[str, float]]]:
     """Trains ``model`` for ``epochs`` passes over shuffled mini-batches.
 
@@ -174,6 +217,12 @@ def fit(
       steps_per_call: optimizer steps per compiled call (see ``make_train_step``).
       progress: show a tqdm progress bar with the running loss and accuracy.
       log: called with one line per epoch (``None`` for silence).
+      mesh: train data-parallel over this device mesh (``jaxconv.parallel.data_mesh()``):
+        the train state is replicated, each global batch of ``batch_size`` is
+        sharded over the ``"data"`` axis (``batch_size`` must be divisible by
+        its size), and results equal a one-device run. With several processes
+        every process calls ``fit`` with the same data and seed and feeds only
+        its own rows of each batch. The progress bar and ``log`` run on process 0 only.
 
     Returns:
       ``(train_state, history)``, one history dict per epoch with
@@ -181,6 +230,11 @@ def fit(
     """
     from tqdm.auto import tqdm
 
+    if mesh is not None:
+        check_mesh(mesh, where="fit")
+        check_batch_size(batch_size, mesh, where="fit")
+    if not is_primary():
+        progress, log = False, None
     images, labels = train
     if len(images) != len(labels):
         raise ValueError(f"fit: {len(images)} images but {len(labels)} labels")
@@ -189,8 +243,10 @@ def fit(
     if train_state is None:
         input_shape = (-1,) + tuple(np.shape(images)[1:])
         train_state = create_train_state(model, init_key, input_shape, optimizer)
-    step_fn = make_train_step(model, optimizer, loss_fn, steps_per_call=steps_per_call)
-    eval_step = make_eval_step(model, loss_fn)
+    step_fn = make_train_step(model, optimizer, loss_fn, steps_per_call=steps_per_call, mesh=mesh)
+    eval_step = make_eval_step(model, loss_fn, mesh=mesh)
+    if mesh is not None:
+        train_state = replicate(train_state, mesh)
     images, labels = jnp.asarray(images), jnp.asarray(labels)
     n_items = batches_per_epoch(len(labels), batch_size, steps_per_call)
     history = []
@@ -203,6 +259,8 @@ def fit(
         pending = []
         for i, batch in enumerate(epoch_batches(epoch_key, images, labels, batch_size,
                                                 steps_per_call=steps_per_call)):
+            if mesh is not None:
+                batch = shard_batch(batch, mesh, steps_per_call=steps_per_call)
             train_state, metrics = step_fn(train_state, batch)
             pending.append(metrics)
             bar.update(steps_per_call)
@@ -217,7 +275,8 @@ def fit(
                   "train_loss": sums["loss"] / max(n_items, 1),
                   "train_accuracy": sums["accuracy"] / max(n_items, 1)}
         if test is not None:
-            ev = evaluate(model, train_state.params, train_state.state, test, eval_step=eval_step)
+            ev = evaluate(model, train_state.params, train_state.state, test, eval_step=eval_step,
+                          mesh=mesh)
             record.update(test_loss=ev["loss"], test_accuracy=ev["accuracy"])
         record["seconds"] = time.perf_counter() - start
         history.append(record)
