@@ -1,6 +1,8 @@
 """Pure array functions: convolution and pooling (channels-last)."""
 
 from jaxconv.ops.conv import conv, conv_output_shape, padding_pairs
-from jaxconv.ops.pool import avg_pool, max_pool
+from jaxconv.ops.pool import (adaptive_avg_pool, adaptive_max_pool, avg_pool, global_avg_pool,
+                              global_max_pool, max_pool, min_pool)
 
-__all__ = ["conv", "conv_output_shape", "padding_pairs", "max_pool", "avg_pool"]
+__all__ = ["conv", "conv_output_shape", "padding_pairs", "max_pool", "avg_pool", "min_pool",
+           "global_avg_pool", "global_max_pool", "adaptive_avg_pool", "adaptive_max_pool"]
