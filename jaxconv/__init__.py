@@ -8,7 +8,7 @@ Layers are pure ``(init, apply)`` pairs over parameter pytrees::
     logits, state = model.apply(params, state, images)
 """
 
-import sys
+import importlib
 
 from jaxconv import ops
 from jaxconv.core import (Layer, count_params, fan_in_concat, fan_in_sum, fan_out, parallel,
@@ -22,8 +22,7 @@ from jaxconv.train import TrainState, create_train_state, evaluate, fit, make_tr
 
 # ``jc.parallel`` names both the combinator and the scale-out module: the module is
 # callable as the combinator (see jaxconv/parallel.py), so bind the module here.
-import jaxconv.parallel  # noqa: E402,F811  (sets the package attribute to the module)
-parallel = sys.modules["jaxconv.parallel"]
+parallel = importlib.import_module("jaxconv.parallel")  # noqa: F811
 
 __version__ = "0.1.0"
 

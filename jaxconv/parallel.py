@@ -165,10 +165,11 @@ def check_batch_size(batch_size: int, mesh: Mesh, *, where: str = "batch",
     """Raises a ``ValueError`` unless ``batch_size`` splits evenly over the ``"data"`` axis."""
     shards = data_size(mesh, axis_name)
     if batch_size % shards:
+        below, above = batch_size // shards * shards, (batch_size // shards + 1) * shards
+        nearest = f"{below} or {above}" if below else f"{above}"
         raise ValueError(
             f"{where}: the global batch size {batch_size} is not divisible by the {shards} devices "
-            f"of the mesh's {axis_name!r} axis; use a multiple of {shards} "
-            f"(e.g. {max(shards, batch_size // shards * shards)})")
+            f"of the mesh's {axis_name!r} axis; use a multiple of {shards} (e.g. {nearest})")
 
 
 # --------------------------------------------------------------------------

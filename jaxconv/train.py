@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -83,7 +84,9 @@ def make_train_step(
     one-device step on the same global batch. The global batch size must be
     divisible by the size of the ``"data"`` axis (``ValueError`` otherwise).
     With several processes, pass global arrays (``parallel.replicate``,
-    ``parallel.shard_batch`` / ``parallel.host_local_batch``).
+    ``parallel.shard_batch`` / ``parallel.host_local_batch``). The mesh step is
+    a thin Python wrapper (the batch-size check) around the ``jax.jit``
+    function, which it exposes as ``.jitted`` (and ``.lower``).
     """
     if not isinstance(steps_per_call, int) or steps_per_call < 1:
         raise ValueError(f"make_train_step: steps_per_call must be an int >= 1, got {steps_per_call!r}")
@@ -113,16 +116,21 @@ def make_train_step(
         return jax.jit(step, donate_argnums=0)
     check_mesh(mesh, where="make_train_step")
     replicated = replicated_sharding(mesh)
+    jitted = jax.jit(step, donate_argnums=0,
+                     in_shardings=(replicated, batch_sharding(mesh, steps_per_call=steps_per_call)),
+                     out_shardings=(replicated, replicated))
     batch_axis = 0 if steps_per_call == 1 else 1
 
+    @functools.wraps(step)
     def sharded_step(ts, batch):
-        # Shapes are static: this check runs once per compilation, at trace time.
-        check_batch_size(jnp.shape(batch[0])[batch_axis], mesh, where="make_train_step")
-        return step(ts, batch)
+        # A clear error before XLA's own one about the sharding.
+        for x in jax.tree_util.tree_leaves(batch):
+            check_batch_size(np.shape(x)[batch_axis], mesh, where="make_train_step")
+        return jitted(ts, batch)
 
-    return jax.jit(sharded_step, donate_argnums=0,
-                   in_shardings=(replicated, batch_sharding(mesh, steps_per_call=steps_per_call)),
-                   out_shardings=(replicated, replicated))
+    sharded_step.jitted = jitted  # the underlying jax.jit function (.lower, .trace, ...)
+    sharded_step.lower = jitted.lower
+    return sharded_step
 
 
 def make_eval_step(model: Layer, loss_fn: LossFn = cross_entropy, *, mesh: Mesh | None = None) -> Callable:
