@@ -26,24 +26,55 @@ def write_json_atomic(path: str, obj) -> None:
         raise
 
 
+def setup_devices(args: argparse.Namespace):
+    """Joins a multi-process run if asked (before anything touches a device); returns the mesh.
+
+    The mesh spans ``--devices`` devices (default: all of them, over all processes);
+    ``None`` for a single device.
+    """
+    from jaxconv import parallel
+
+    parallel.initialize(args.coordinator, args.num_processes, args.process_id,
+                        auto=args.auto_distributed)
+    import jax
+
+    if args.devices is None and jax.device_count() == 1:
+        return None
+    if args.devices == 1 and jax.process_count() == 1:
+        return None
+    mesh = parallel.data_mesh(args.devices)
+    parallel.check_batch_size(args.batch_size, mesh, where="--batch-size")
+    return mesh
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    try:
+        mesh = setup_devices(args)
+    except ValueError as err:
+        print(f"jaxconv train: {err}", file=sys.stderr)
+        return 2
     import jax
     import optax
 
     from jaxconv.data import load_dataset
     from jaxconv.models import get_model
+    from jaxconv.parallel import is_primary
     from jaxconv.train import fit
 
     data = load_dataset(args.dataset)
     model = get_model(args.model, num_classes=data.num_classes)
     optimizer = optax.adam(args.lr)
-    print(f"jaxconv train: {args.model} on {data.name} "
-          f"({len(data.train.labels)} train / {len(data.test.labels)} test), "
-          f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, seed {args.seed}, "
-          f"backend {jax.default_backend()}")
+    say = print if is_primary() else (lambda *a, **k: None)
+    devices = 1 if mesh is None else mesh.devices.size
+    say(f"jaxconv train: {args.model} on {data.name} "
+        f"({len(data.train.labels)} train / {len(data.test.labels)} test), "
+        f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, seed {args.seed}, "
+        f"backend {jax.default_backend()}, {devices} device(s), {jax.process_count()} process(es)")
     state, history = fit(model, optimizer, data.train, test=data.test, epochs=args.epochs,
                          batch_size=args.batch_size, seed=args.seed,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, mesh=mesh)
+    if not is_primary():  # process 0 reports and writes the outputs
+        return 0
     final = history[-1]
     print(f"final test accuracy: {final['test_accuracy']:.4f}")
     write_json_atomic(os.path.join(args.out, "metrics.json"), {
@@ -89,6 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", default="runs/latest", help="output directory")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    scale = train.add_argument_group(
+        "devices and hosts", "data-parallel training over a device mesh; the multi-host settings "
+        "default to the environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID")
+    scale.add_argument("--devices", type=int, default=None, metavar="N",
+                       help="train on N devices (default: all; the batch must divide by N)")
+    scale.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                       help="address of process 0 of a multi-host run")
+    scale.add_argument("--num-processes", type=int, default=None, metavar="P",
+                       help="number of processes of a multi-host run")
+    scale.add_argument("--process-id", type=int, default=None, metavar="I",
+                       help="this process's index in [0, P)")
+    scale.add_argument("--auto-distributed", action="store_true",
+                       help="let JAX detect the cluster (Cloud TPU pod slice, SLURM, Open MPI, Kubernetes)")
     train.set_defaults(func=cmd_train)
 
     summ = sub.add_parser("summary", help="print a model's layers, shapes, parameter counts "

@@ -181,6 +181,20 @@ def sharded(out_path):
                                      for k in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"))
     report["fit_test_accuracy"] = [h["test_accuracy"] for h in hist4]
 
+    # The command line on 4 devices (process 0 writes metrics.json).
+    import contextlib
+    import io
+
+    from jaxconv.cli import main
+
+    cli_out = os.path.join(os.path.dirname(out_path), "cli_run")
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        code = main(["train", "--model", "seed_mlp", "--epochs", "1", "--batch-size", "32", "--devices", "4",
+                     "--no-progress", "--out", cli_out])
+    with open(os.path.join(cli_out, "metrics.json")) as f:
+        report["cli"] = {"code": code, "stdout": text.getvalue(), "metrics": json.load(f)}
+
     # Bad inputs.
     net, opt = model(), optimizer()
     images, labels = data(64)

@@ -81,6 +81,15 @@ def test_fit_with_mesh_equals_fit(sharded_report):
     assert all(0.0 <= a <= 1.0 for a in r["fit_test_accuracy"])
 
 
+@pytest.mark.slow
+def test_cli_trains_on_four_devices(sharded_report):
+    cli = sharded_report["cli"]
+    assert cli["code"] == 0
+    assert "backend cpu, 4 device(s), 1 process(es)" in cli["stdout"]
+    assert "final test accuracy" in cli["stdout"]
+    assert cli["metrics"]["batch_size"] == 32 and len(cli["metrics"]["history"]) == 1
+
+
 # --------------------------------------------------------------------------
 # Must show 3: clear errors.
 
@@ -149,6 +158,21 @@ def test_initialize_arguments(monkeypatch):
     monkeypatch.setenv(parallel.ENV_PROCESS_ID, "0")
     with pytest.raises(ValueError, match="coordinator_address must be 'host:port', got 'localhost'"):
         parallel.initialize("localhost")
+
+
+def test_cli_device_and_host_errors(monkeypatch, capsys, tmp_path):
+    from jaxconv.cli import main
+
+    for name in (parallel.ENV_COORDINATOR, parallel.ENV_NUM_PROCESSES, parallel.ENV_PROCESS_ID):
+        monkeypatch.delenv(name, raising=False)
+    too_many = jax.device_count() + 1
+    assert main(["train", "--devices", str(too_many), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"jaxconv train: data_mesh: asked for {too_many} devices but only" in err
+    assert main(["train", "--coordinator", "127.0.0.1:1234", "--num-processes", "2",
+                 "--out", str(tmp_path)]) == 2
+    assert "got ['coordinator_address', 'num_processes'] but not ['process_id']" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "metrics.json")
 
 
 def test_callable_module_is_the_combinator():
