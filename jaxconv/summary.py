@@ -48,33 +48,38 @@ def _init_shapes(layer: Layer, input_shape: Any):
     return box["out"], params, state
 
 
-def walk(model: Layer, input_shape: Any, prefix: str = "") -> Iterator[LayerInfo]:
-    """Yields the leaf layers of ``model`` in execution order with their shapes.
+def _walk(model: Layer, input_shape: Any, prefix: str, out: list) -> Any:
+    """Appends ``model``'s leaves to ``out`` and returns its output shape."""
+    kind = model.kind
+    if not (model.children and kind in ("serial", "residual", "parallel")):
+        shape, _, _ = _init_shapes(model, input_shape)
+        out.append(LayerInfo(prefix or model.kind, model, input_shape, shape))
+        return shape
+    shape, outs = input_shape, []
+    for i, (name, child) in enumerate(model.children):
+        path = f"{prefix}/{name}" if prefix else name
+        if kind == "serial":
+            shape = _walk(child, shape, path, out)
+        elif kind == "parallel":
+            outs.append(_walk(child, input_shape[i], path, out))
+        else:  # residual: body and shortcut both see the input; the body's shape is the output
+            outs.append(_walk(child, input_shape, path, out))
+    if kind == "parallel":
+        return tuple(outs)
+    return outs[0] if kind == "residual" else shape
+
+
+def walk(model: Layer, input_shape: Any, prefix: str = "") -> list[LayerInfo]:
+    """The leaf layers of ``model`` in execution order, with their input and output shapes.
 
     ``serial`` feeds each child the previous output; ``residual`` feeds its
     body and shortcut the same input; ``parallel`` feeds child ``i`` input
-    ``i``. Other layers (with or without ``children``) are leaves.
+    ``i``. Other layers (with or without ``children``) are leaves. Nothing is
+    computed: shapes come from ``init`` under ``jax.eval_shape``.
     """
-    kind = model.kind
-    if model.children and kind in ("serial", "residual", "parallel"):
-        shape = input_shape
-        for i, (name, child) in enumerate(model.children):
-            path = f"{prefix}/{name}" if prefix else name
-            if kind == "serial":
-                child_in = shape
-            elif kind == "residual":
-                child_in = input_shape
-            else:
-                child_in = input_shape[i]
-            last = None
-            for info in walk(child, child_in, path):
-                last = info
-                yield info
-            if kind == "serial":
-                shape = last.output_shape if last is not None else shape
-        return
-    out, _, _ = _init_shapes(model, input_shape)
-    yield LayerInfo(prefix or model.kind, model, input_shape, out)
+    out: list[LayerInfo] = []
+    _walk(model, input_shape, prefix, out)
+    return out
 
 
 def _size(tree: Any) -> int:

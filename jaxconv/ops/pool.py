@@ -97,11 +97,11 @@ def window_pool(x, kind, window, stride=None, padding="VALID", count_include_pad
             info = jnp.iinfo(x.dtype)
             init = info.max if kind == "min" else info.min
         op = lax.max if kind == "max" else lax.min
-        return lax.reduce_window(x, jnp.array(init, x.dtype), op, dims, strides, full_pads)
+        return lax.reduce_window(x, np.array(init, x.dtype), op, dims, strides, full_pads)
     # Average: accumulate in at least float32 (bf16/f16 sums lose digits), then cast back.
     out_dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
     acc = jnp.promote_types(out_dtype, jnp.float32)
-    sums = lax.reduce_window(x.astype(acc), jnp.array(0, acc), lax.add, dims, strides, full_pads)
+    sums = lax.reduce_window(x.astype(acc), np.array(0, acc), lax.add, dims, strides, full_pads)
     if count_include_pad:
         y = sums / float(np.prod(window))
     else:
