@@ -30,10 +30,10 @@ STEPS = 5
 
 
 def model():
-    """Conv -> BatchNorm -> ReLU -> Dropout -> Dense: exercises batch statistics and RNG."""
+    """Conv -> BatchNorm -> ReLU -> Dropout -> MaxPool -> Dense: batch statistics and RNG."""
     import jaxconv as jc
 
-    return jc.serial(jc.Conv(8, 3), jc.BatchNorm(), jc.Relu(), jc.Dropout(0.25),
+    return jc.serial(jc.Conv(8, 3), jc.BatchNorm(), jc.Relu(), jc.Dropout(0.25), jc.MaxPool(2),
                      jc.Flatten(), jc.Dense(10))
 
 
