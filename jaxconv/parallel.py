@@ -397,6 +397,9 @@ def initialize(
             f"{ENV_COORDINATOR}, {ENV_NUM_PROCESSES}, {ENV_PROCESS_ID})")
     if given:
         _check_settings(coordinator_address, num_processes, process_id)
+    # CPU cross-process collectives: gloo is JAX's default today; older versions had none.
+    if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") is None:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
         jax.distributed.initialize(
             coordinator_address, num_processes, process_id,

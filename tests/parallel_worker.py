@@ -160,6 +160,11 @@ def sharded(out_path):
     _, _, initial_state = model().init(jax.random.PRNGKey(0), (-1, 8, 8, 1))
     report["bn_state_moved"] = max_diff(single.state, initial_state)
     report["bn_state_keys"] = sorted(flat(single.state))
+    # The compiled step really communicates: gradients and BatchNorm statistics are all-reduced.
+    images, labels = data(GLOBAL_BATCH)
+    hlo = make_step(mesh4, 1).lower(parallel.replicate(single, mesh4),
+                                    parallel.shard_batch((images, labels), mesh4)).compile().as_text()
+    report["all_reduce_ops"] = hlo.count("all-reduce(")
     # The same 5 steps as one compiled call (lax.scan), batch axis 1 sharded.
     scanned = train_steps(mesh4, steps_per_call=5)
     report["params_diff_scan4_vs_1"] = max_diff(scanned.params, single.params)

@@ -60,6 +60,7 @@ def test_four_devices_equal_one_device(sharded_report):
     # BatchNorm ran in training mode: its running statistics moved away from their init.
     assert any("batch_norm" in k for k in r["bn_state_keys"]), r["bn_state_keys"]
     assert r["bn_state_moved"] > 1e-3
+    assert r["all_reduce_ops"] >= 1  # the 4-device step is a distributed computation
     assert r["params_diff_4_vs_1"] <= TOL
     assert r["state_diff_4_vs_1"] <= TOL
     assert r["opt_state_diff_4_vs_1"] <= TOL
