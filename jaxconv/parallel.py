@@ -326,6 +326,30 @@ def fetch(tree: PyTree) -> PyTree:
 # Processes.
 
 
+_BARRIERS: dict[Any, Any] = {}
+
+
+def barrier(mesh: Mesh) -> None:
+    """Returns once every process of ``mesh`` has reached this call.
+
+    A tiny all-reduce over the mesh's devices, so it needs nothing beyond the
+    collectives training already uses. Call it after process 0 writes a
+    checkpoint that the others may read next (e.g. ``resume``). A no-op with
+    one process.
+    """
+    check_mesh(mesh, where="barrier")
+    if jax.process_count() == 1:
+        return
+    if mesh not in _BARRIERS:
+        _BARRIERS[mesh] = jax.jit(lambda x: x.sum(), out_shardings=replicated_sharding(mesh))
+    shards = data_size(mesh)
+    rows = process_rows(shards, mesh)  # one row per batch shard
+    ones = host_local_batch(np.ones((rows.stop - rows.start,), np.int32), mesh)
+    total = int(_BARRIERS[mesh](ones))
+    if total != shards:
+        raise RuntimeError(f"barrier: expected {shards} arrivals, got {total}")
+
+
 def is_primary() -> bool:
     """True in process 0: the process that writes checkpoints, metrics and logs."""
     return jax.process_index() == 0

@@ -244,8 +244,14 @@ def distributed(out_dir):
         json.dump({"process_count": jax.process_count(), "device_count": jax.device_count(),
                    "local_device_count": jax.local_device_count(), "mesh": str(mesh.shape),
                    "rows": str(parallel.process_rows(GLOBAL_BATCH, mesh)), "history": history}, f)
+    checkpoint = os.path.join(out_dir, "checkpoint_by_process_0.npz")
     if parallel.is_primary():  # checkpoints are written once, by process 0
         np.savez(os.path.join(out_dir, f"checkpoint_by_process_{pid}.npz"), **flat(ts_fit))
+    parallel.barrier(mesh)  # after it, every process can read what process 0 wrote
+    with np.load(checkpoint) as f:
+        loaded = dict(f)
+    mine = flat(ts_fit)
+    assert loaded.keys() == mine.keys() and all(np.array_equal(loaded[k], mine[k]) for k in mine)
     jax.distributed.shutdown()
 
 

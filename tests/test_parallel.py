@@ -184,6 +184,7 @@ def test_callable_module_is_the_combinator():
     assert out == ((-1, 2), (-1, 3))
     assert jc.parallel.data_mesh is parallel.data_mesh
     assert parallel.is_primary() and parallel.process_rows(8, parallel.data_mesh(1)) == slice(0, 8)
+    assert parallel.barrier(parallel.data_mesh(1)) is None  # one process: nothing to wait for
 
 
 # --------------------------------------------------------------------------
@@ -255,6 +256,8 @@ def test_two_processes_equal_single_process(two_process_run):
 
 @pytest.mark.slow
 def test_checkpoint_written_by_process_zero_only(two_process_run):
+    # Each worker also reloads process 0's file after parallel.barrier and checks it
+    # equals its own state (the run would have failed otherwise).
     written = sorted(f for f in os.listdir(two_process_run) if f.startswith("checkpoint"))
     assert written == ["checkpoint_by_process_0.npz"]
     ckpt = _load(two_process_run / written[0])
