@@ -8,6 +8,8 @@ Layers are pure ``(init, apply)`` pairs over parameter pytrees::
     logits, state = model.apply(params, state, images)
 """
 
+import importlib
+
 from jaxconv import ops
 from jaxconv.core import (Layer, count_params, fan_in_concat, fan_in_sum, fan_out, parallel,
                           residual, serial)
@@ -18,6 +20,10 @@ from jaxconv.layers import __all__ as _layers_all
 from jaxconv.summary import summary
 from jaxconv.losses import accuracy, cross_entropy, square_loss
 from jaxconv.train import TrainState, create_train_state, evaluate, fit, make_train_step
+
+# ``jc.parallel`` names both the combinator and the scale-out module: the module is
+# callable as the combinator (see jaxconv/parallel.py), so bind the module here.
+parallel = importlib.import_module("jaxconv.parallel")  # noqa: F811
 
 __version__ = "0.1.0"
 

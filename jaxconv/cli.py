@@ -64,6 +64,27 @@ def write_plots(out: str, model, params, state, history, test, num_classes: int)
     return paths
 
 
+def setup_devices(args: argparse.Namespace):
+    """Joins a multi-process run if asked (before anything touches a device); returns the mesh.
+
+    The mesh spans ``--devices`` devices (default: all of them, over all processes);
+    ``None`` for a single device.
+    """
+    from jaxconv import parallel
+
+    parallel.initialize(args.coordinator, args.num_processes, args.process_id,
+                        auto=args.auto_distributed)
+    import jax
+
+    if args.devices is None and jax.device_count() == 1:
+        return None
+    if args.devices == 1 and jax.process_count() == 1:
+        return None
+    mesh = parallel.data_mesh(args.devices)
+    parallel.check_batch_size(args.batch_size, mesh, where="--batch-size")
+    return mesh
+
+
 def _check_resume_config(checkpoint_dir: str, config: dict) -> None:
     """Refuses to resume a run with options that differ from those it was started with."""
     from jaxconv.checkpoint import CorruptCheckpointError, list_checkpoints, read_metadata
@@ -83,7 +104,14 @@ def _check_resume_config(checkpoint_dir: str, config: dict) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    try:
+        mesh = setup_devices(args)
+    except ValueError as err:
+        print(f"jaxconv train: {err}", file=sys.stderr)
+        return 2
     import jax
+
+    from jaxconv import parallel
 
     from jaxconv.data import load_dataset, parse_augment
     from jaxconv.train import NonFiniteLossError, fit
@@ -101,23 +129,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         "total_steps": epochs * (len(data.train.labels) // args.batch_size),
     }
     model, optimizer, loss_fn = _build(config)
-    print(f"jaxconv train: {args.model} on {data.name} "
-          f"({len(data.train.labels)} train / {len(data.test.labels)} test), {epochs} epochs, "
-          f"batch {args.batch_size}, {args.optimizer} lr {args.lr} ({args.schedule}), "
-          f"label smoothing {args.label_smoothing}, augment {augment_spec}, seed {args.seed}, "
-          f"backend {jax.default_backend()}")
+    say = print if parallel.is_primary() else (lambda *a, **k: None)
+    devices = 1 if mesh is None else mesh.devices.size
+    say(f"jaxconv train: {args.model} on {data.name} "
+        f"({len(data.train.labels)} train / {len(data.test.labels)} test), {epochs} epochs, "
+        f"batch {args.batch_size}, {args.optimizer} lr {args.lr} ({args.schedule}), "
+        f"label smoothing {args.label_smoothing}, augment {augment_spec}, seed {args.seed}, "
+        f"backend {jax.default_backend()}, {devices} device(s), {jax.process_count()} process(es)")
     checkpoint_dir = os.path.join(args.out, "checkpoints")
-    if args.resume:
-        _check_resume_config(checkpoint_dir, config)
     try:
         state, history = fit(model, optimizer, data.train, test=data.test, epochs=epochs,
                              batch_size=args.batch_size, loss_fn=loss_fn, seed=args.seed,
                              progress=not args.no_progress, augment=augment,
                              checkpoint_dir=checkpoint_dir, checkpoint_every=args.checkpoint_every,
-                             keep=args.keep, resume=args.resume, metadata={"config": config})
+                             keep=args.keep, resume=args.resume, metadata={"config": config}, mesh=mesh)
     except NonFiniteLossError as e:
         print(f"jaxconv train: {e}", file=sys.stderr)
         return 1
+    state = parallel.fetch(state)  # host copies: the plots below run on process 0 alone
+    if not parallel.is_primary():  # process 0 reports and writes the outputs
+        return 0
     final = history[-1]
     print(f"final test accuracy: {final['test_accuracy']:.4f}")
     from jaxconv.checkpoint import latest_checkpoint
@@ -163,25 +194,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_summary(args: argparse.Namespace) -> int:
-    from jaxconv.models import INPUT_SHAPES, get_model
-    from jaxconv.summary import summary
-
-    if args.input_shape:
-        try:
-            shape = tuple(int(d) for d in args.input_shape.split(","))
-        except ValueError:
-            print(f"jaxconv summary: --input-shape must be comma-separated ints such as "
-                  f"32,32,3, got {args.input_shape!r}", file=sys.stderr)
-            return 2
-    else:
-        shape = INPUT_SHAPES[args.model]
-    model = get_model(args.model, num_classes=args.num_classes, impl=args.impl)
-    print(f"{args.model} ({args.num_classes} classes, conv impl {args.impl!r})")
-    print(summary(model, (-1, *shape)))
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     from jaxconv.models import MODELS
     from jaxconv.train import OPTIMIZERS, SCHEDULES
@@ -212,6 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue from the newest complete checkpoint in --out")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
+    scale = train.add_argument_group(
+        "devices and hosts", "data-parallel training over a device mesh; the multi-host settings "
+        "default to the environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID")
+    scale.add_argument("--devices", type=int, default=None, metavar="N",
+                       help="train on N devices (default: all; the batch must divide by N)")
+    scale.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                       help="address of process 0 of a multi-host run")
+    scale.add_argument("--num-processes", type=int, default=None, metavar="P",
+                       help="number of processes of a multi-host run")
+    scale.add_argument("--process-id", type=int, default=None, metavar="I",
+                       help="this process's index in [0, P)")
+    scale.add_argument("--auto-distributed", action="store_true",
+                       help="let JAX detect the cluster (Cloud TPU pod slice, SLURM, Open MPI, Kubernetes)")
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="reload a training run and report its test accuracy")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -10,7 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
+from jaxconv.parallel import (barrier, batch_sharding, check_batch_size, check_mesh, data_size, is_primary,
+                              replicate, replicated_sharding, shard_batch)
 from jaxconv.core import Layer, PyTree
 from jaxconv.data import Split, batches_per_epoch, epoch_batches
 from jaxconv.losses import accuracy, cross_entropy
@@ -128,6 +132,7 @@ def make_train_step(
     loss_fn: LossFn = cross_entropy,
     *,
     steps_per_call: int = 1,
+    mesh: Mesh | None = None,
 ) -> Callable[[TrainState, tuple[Any, Any]], tuple[TrainState, dict[str, Any]]]:
     """Builds a jit-compiled, buffer-donating training step.
 
@@ -139,6 +144,17 @@ def make_train_step(
     With ``steps_per_call=K > 1`` the batch arrays carry a leading axis of
     ``K`` mini-batches, the K updates run inside one compiled call, and the
     metrics have shape ``(K,)``.
+
+    With a ``mesh`` (see ``jaxconv.parallel``), the step is compiled for all of
+    its devices: the batch is sharded along the mesh's ``"data"`` axis, the
+    train state is replicated (inputs and outputs), and XLA all-reduces the
+    gradients and BatchNorm's batch statistics, so the result equals the
+    one-device step on the same global batch. The global batch size must be
+    divisible by the size of the ``"data"`` axis (``ValueError`` otherwise).
+    With several processes, pass global arrays (``parallel.replicate``,
+    ``parallel.shard_batch`` / ``parallel.host_local_batch``). The mesh step is
+    a thin Python wrapper (the batch-size check) around the ``jax.jit``
+    function, which it exposes as ``.jitted`` (and ``.lower``).
     """
     if not isinstance(steps_per_call, int) or steps_per_call < 1:
         raise ValueError(f"make_train_step: steps_per_call must be an int >= 1, got {steps_per_call!r}")
@@ -164,11 +180,32 @@ def make_train_step(
         def step(ts, batch):
             return jax.lax.scan(one_step, ts, batch)
 
-    return jax.jit(step, donate_argnums=0)
+    if mesh is None:
+        return jax.jit(step, donate_argnums=0)
+    check_mesh(mesh, where="make_train_step")
+    replicated = replicated_sharding(mesh)
+    jitted = jax.jit(step, donate_argnums=0,
+                     in_shardings=(replicated, batch_sharding(mesh, steps_per_call=steps_per_call)),
+                     out_shardings=(replicated, replicated))
+    batch_axis = 0 if steps_per_call == 1 else 1
+
+    @functools.wraps(step)
+    def sharded_step(ts, batch):
+        # A clear error before XLA's own one about the sharding.
+        for x in jax.tree_util.tree_leaves(batch):
+            check_batch_size(np.shape(x)[batch_axis], mesh, where="make_train_step")
+        return jitted(ts, batch)
+
+    sharded_step.jitted = jitted  # the underlying jax.jit function (.lower, .trace, ...)
+    sharded_step.lower = jitted.lower
+    return sharded_step
 
 
-def make_eval_step(model: Layer, loss_fn: LossFn = cross_entropy) -> Callable:
-    """A jitted ``(params, state, images, labels, mask) -> (loss_sum, correct_sum)``."""
+def make_eval_step(model: Layer, loss_fn: LossFn = cross_entropy, *, mesh: Mesh | None = None) -> Callable:
+    """A jitted ``(params, state, images, labels, mask) -> (loss_sum, correct_sum)``.
+
+    With a ``mesh``, params/state are replicated and the batch is sharded on ``"data"``.
+    """
 
     def eval_step(params, state, images, labels, mask):
         logits, _ = model.apply(params, state, images, train=False)
@@ -176,7 +213,12 @@ def make_eval_step(model: Layer, loss_fn: LossFn = cross_entropy) -> Callable:
         correct = jnp.argmax(logits, -1) == labels
         return jnp.sum(per_example * mask), jnp.sum(correct * mask)
 
-    return jax.jit(eval_step)
+    if mesh is None:
+        return jax.jit(eval_step)
+    replicated = replicated_sharding(check_mesh(mesh, where="make_eval_step"))
+    sharded = batch_sharding(mesh)
+    return jax.jit(eval_step, in_shardings=(replicated, replicated, sharded, sharded, sharded),
+                   out_shardings=replicated)
 
 
 def predict(model: Layer, params: PyTree, state: PyTree, images: Any, *, batch_size: int = 512) -> np.ndarray:
@@ -207,16 +249,22 @@ def evaluate(
     batch_size: int = 512,
     loss_fn: LossFn = cross_entropy,
     eval_step: Callable | None = None,
+    mesh: Mesh | None = None,
 ) -> dict[str, float]:
     """Mean loss and accuracy over a whole split, in inference mode.
 
     The last batch is padded to ``batch_size`` (and masked), so every call
-    reuses one compiled function.
+    reuses one compiled function. With a ``mesh`` the batches are sharded over
+    its ``"data"`` axis (``batch_size`` is rounded up to a multiple of its size)
+    and ``params``/``state`` should be replicated on it (``parallel.replicate``).
     """
     images, labels = data
     n = len(labels)
-    eval_step = eval_step or make_eval_step(model, loss_fn)
+    eval_step = eval_step or make_eval_step(model, loss_fn, mesh=mesh)
     batch_size = min(batch_size, n)
+    if mesh is not None:
+        shards = data_size(mesh)
+        batch_size = -(-batch_size // shards) * shards
     loss_sum, correct_sum = 0.0, 0.0
     for start in range(0, n, batch_size):
         xb, yb = np.asarray(images[start:start + batch_size]), np.asarray(labels[start:start + batch_size])
@@ -227,6 +275,8 @@ def evaluate(
             pad = batch_size - valid
             xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
             yb = np.concatenate([yb, np.zeros((pad,), yb.dtype)])
+        if mesh is not None:
+            xb, yb, mask = shard_batch((xb, yb, mask), mesh)
         l, c = eval_step(params, state, xb, yb, mask)
         loss_sum += float(l)
         correct_sum += float(c)
@@ -263,6 +313,7 @@ def fit(
     keep: int | None = 3,
     resume: bool = False,
     metadata: dict | None = None,
+    mesh: Mesh | None = None,
 ) -> tuple[TrainState, list[dict[str, float]]]:
     """Trains ``model`` for ``epochs`` passes over shuffled mini-batches.
 
@@ -292,6 +343,12 @@ def fit(
       resume: continue from the newest checkpoint in ``checkpoint_dir`` that
         reads back intact (corrupt ones are skipped; a fresh start if there is none).
       metadata: JSON-serialisable dict stored in every checkpoint (model name, config).
+      mesh: train data-parallel over this device mesh (``jaxconv.parallel.data_mesh()``):
+        the train state is replicated, each global batch of ``batch_size`` is
+        sharded over the ``"data"`` axis (``batch_size`` must be divisible by
+        its size), and results equal a one-device run. With several processes
+        every process calls ``fit`` with the same data and seed and feeds only
+        its own rows of each batch. The progress bar and ``log`` run on process 0 only.
 
     Returns:
       ``(train_state, history)``, one history dict per epoch with
@@ -304,6 +361,11 @@ def fit(
     """
     from tqdm.auto import tqdm
 
+    if mesh is not None:
+        check_mesh(mesh, where="fit")
+        check_batch_size(batch_size, mesh, where="fit")
+    if not is_primary():
+        progress, log = False, None
     from jaxconv import checkpoint as ckpt
 
     images, labels = train
@@ -358,8 +420,10 @@ def fit(
         raise ValueError(f"fit: step {step} of the train state is not a multiple of steps_per_call={steps_per_call}")
 
     model_t = with_augmentation(model, augment)
-    step_fn = make_train_step(model_t, optimizer, loss_fn, steps_per_call=steps_per_call)
-    eval_step = make_eval_step(model, loss_fn)
+    step_fn = make_train_step(model_t, optimizer, loss_fn, steps_per_call=steps_per_call, mesh=mesh)
+    eval_step = make_eval_step(model, loss_fn, mesh=mesh)
+    if mesh is not None:
+        train_state = replicate(train_state, mesh)
     images, labels = jnp.asarray(images), jnp.asarray(labels)
     pending: list[tuple[int, dict[str, Any]]] = []
 
@@ -388,7 +452,10 @@ def fit(
             stop(f"non-finite parameters after step {step}")
         meta = dict(metadata or {})
         meta["fit"] = dict(run_info, step=step, epochs_done=epoch_done, history=history, partial=partial)
-        last_checkpoint = ckpt.save_checkpoint(checkpoint_dir, step, train_state, meta, keep=keep)
+        if is_primary():  # one writer; the replicated state is the same on every process
+            last_checkpoint = ckpt.save_checkpoint(checkpoint_dir, step, train_state, meta, keep=keep)
+        if mesh is not None:
+            barrier(mesh)  # the others may read it next (resume)
 
     epoch = step // steps_per_epoch
     for epoch in range(step // steps_per_epoch, epochs):
@@ -400,6 +467,8 @@ def fit(
         for i, batch in enumerate(epoch_batches(epoch_key, images, labels, batch_size,
                                                 steps_per_call=steps_per_call, start=first_item),
                                   start=first_item):
+            if mesh is not None:
+                batch = shard_batch(batch, mesh, steps_per_call=steps_per_call)
             train_state, metrics = step_fn(train_state, batch)
             pending.append((step, metrics))
             step += steps_per_call
@@ -419,7 +488,8 @@ def fit(
                   "train_accuracy": partial["accuracy"] / count}
         partial = {"loss": 0.0, "accuracy": 0.0, "steps": 0}
         if test is not None:
-            ev = evaluate(model, train_state.params, train_state.state, test, eval_step=eval_step)
+            ev = evaluate(model, train_state.params, train_state.state, test, eval_step=eval_step,
+                          mesh=mesh)
             record.update(test_loss=ev["loss"], test_accuracy=ev["accuracy"])
         record["seconds"] = time.perf_counter() - start
         history.append(record)
