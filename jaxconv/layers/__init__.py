@@ -2,12 +2,12 @@
 
 from jaxconv.layers.activation import (Elu, Gelu, LeakyRelu, LogSoftmax, Relu, Sigmoid,
                                        Softmax, Tanh)
-from jaxconv.layers.conv import Conv
+from jaxconv.layers.conv import Conv, ConvTranspose
 from jaxconv.layers.dense import Dense
 from jaxconv.layers.pool import AvgPool, MaxPool
 from jaxconv.layers.reshape import Flatten, Identity, Lambda, Reshape
 
 __all__ = [
-    "Conv", "Dense", "Flatten", "Reshape", "Identity", "Lambda", "MaxPool", "AvgPool",
+    "Conv", "ConvTranspose", "Dense", "Flatten", "Reshape", "Identity", "Lambda", "MaxPool", "AvgPool",
     "Relu", "LeakyRelu", "Elu", "Gelu", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
 ]
