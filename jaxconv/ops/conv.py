@@ -177,10 +177,10 @@ def transpose_padding_pairs(
         pairs = []
         for k, s, d in zip(window, stride, dilation):
             total = (k - 1) * d + 1 - s  # negative: the output is extended
-            if total >= 0:
-                small, big = total // 2, total - total // 2
-            else:
-                small, big = 0, total
+            if total < 0:  # the convolution had no padding; its last inputs were unread
+                pairs.append((0, total))
+                continue
+            small, big = total // 2, total - total // 2
             pairs.append((small, big) if padding.upper() == "SAME" else (big, small))
         return tuple(pairs)
     return padding_pairs(padding, in_sizes, window, stride, dilation, where=where)
