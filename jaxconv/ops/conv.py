@@ -349,13 +349,46 @@ def dimension_numbers(nd: int) -> lax.ConvDimensionNumbers:
         (1,) * (nd + 2), (1,) * (nd + 2), (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
 
 
+def _crop(x: Any, crops: Sequence[tuple[int, int]]) -> Any:
+    """Removes ``(low, high)`` elements from each spatial dimension of ``x``."""
+    if not any(lo or hi for lo, hi in crops):
+        return x
+    start = (0, *(lo for lo, _ in crops), 0)
+    limit = (x.shape[0], *(n - hi for n, (_, hi) in zip(x.shape[1:-1], crops)), x.shape[-1])
+    return lax.slice(x, start, limit)
+
+
 def lax_conv_general(x: Any, kernel: Any, spec: ConvSpec) -> Any:
-    """Evaluates a ``ConvSpec`` with ``lax.conv_general_dilated``."""
-    return lax.conv_general_dilated(
-        x, kernel, window_strides=spec.strides, padding=spec.padding,
+    """Evaluates a ``ConvSpec`` with ``lax.conv_general_dilated``.
+
+    Negative padding (a crop) is done with a slice, never passed to XLA: some
+    XLA:CPU versions abort (``Window dimensions do not match RHS shape``) on
+    convolutions that combine negative padding with input dilation. Without
+    input dilation the input is cropped; with it (``conv_transpose``, whose
+    window stride is 1) the output is cropped, which is the same.
+    """
+    nd = kernel.ndim - 2
+    spans = [(k - 1) * d + 1 for k, d in zip(kernel.shape[:nd], spec.rhs_dilation)]
+    dilated = [(n - 1) * a + 1 for n, a in zip(x.shape[1:-1], spec.lhs_dilation)]
+    if any(a > 1 for a in spec.lhs_dilation) and any(n < k for n, k in zip(dilated, spans)):
+        # XLA:CPU may swap the operands of a convolution whose kernel is larger than its
+        # input, and aborts when that convolution also has input dilation: dilate here.
+        config = [(0, 0, 0)] + [(0, 0, a - 1) for a in spec.lhs_dilation] + [(0, 0, 0)]
+        x = lax.pad(x, jnp.zeros((), x.dtype), config)
+        spec = spec._replace(lhs_dilation=(1,) * nd)
+    crops = tuple((max(-lo, 0), max(-hi, 0)) for lo, hi in spec.padding)
+    pads = tuple((max(lo, 0), max(hi, 0)) for lo, hi in spec.padding)
+    crop_output = any(a > 1 for a in spec.lhs_dilation)
+    if crop_output and any(s > 1 for s in spec.strides):
+        raise ValueError("lax_conv_general: input dilation with window strides is not supported")
+    if not crop_output:
+        x = _crop(x, crops)
+    y = lax.conv_general_dilated(
+        x, kernel, window_strides=spec.strides, padding=pads,
         lhs_dilation=spec.lhs_dilation, rhs_dilation=spec.rhs_dilation,
         dimension_numbers=dimension_numbers(kernel.ndim - 2),
         feature_group_count=spec.groups, precision=spec.precision)
+    return _crop(y, crops) if crop_output else y
 
 
 def run_spec(x: Any, kernel: Any, spec: ConvSpec, impl: str) -> Any:
@@ -375,6 +408,11 @@ def resolve_impl(impl: Any, op: str, x_shape: Sequence[int], kernel_shape: Seque
         from jaxconv.ops.autotune import choose_impl  # noqa: PLC0415
         return choose_impl(op, tuple(x_shape), tuple(kernel_shape), groups)
     return impl
+
+
+def _unit_dilation(window, dilations):
+    """Dilation is meaningless along a kernel dimension of size 1: make it 1 there."""
+    return tuple(1 if k == 1 else d for k, d in zip(window, dilations))
 
 
 def _promote(x, kernel):
@@ -437,7 +475,8 @@ def conv(
     pads = padding_pairs(padding, x.shape[1:-1], kernel.shape[:nd], strides, dilations)
     check_mode_padding(x.shape[1:-1], pads, padding_mode)
     x, pads = pad_with_mode(x, pads, padding_mode)
-    spec = ConvSpec(strides, pads, (1,) * nd, dilations, groups, precision)
+    spec = ConvSpec(strides, pads, (1,) * nd, _unit_dilation(kernel.shape[:nd], dilations),
+                    groups, precision)
     return run_spec(x, kernel, spec, impl)
 
 
@@ -493,5 +532,6 @@ def conv_transpose(
     gather_pads = tuple(
         ((k - 1) * d - lo, (k - 1) * d - hi + op)
         for k, d, (lo, hi), op in zip(window, dilations, pads, out_pad))
-    spec = ConvSpec((1,) * nd, gather_pads, strides, dilations, groups, precision)
+    spec = ConvSpec((1,) * nd, gather_pads, strides, _unit_dilation(window, dilations), groups,
+                    precision)
     return run_spec(x, flip_swap_kernel(kernel, groups), spec, impl)
