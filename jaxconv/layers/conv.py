@@ -101,7 +101,8 @@ def Conv(
     """
     _check_options("Conv", features, kernel_size, stride, padding, dilation, groups, impl)
     check_padding_mode(padding_mode, "Conv")
-    options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                   padding_mode=padding_mode)
 
     def init(key, input_shape):
         shape, window = _window(kernel_size, input_shape, "Conv")
@@ -119,7 +120,7 @@ def Conv(
         nd = kernel.ndim - 2
         check_input(x, (-1,) * (nd + 1) + (kernel.shape[-2] * groups,), "Conv")
         x, kernel = cast_to(dtype, x, kernel)
-        y = conv(x, kernel, impl=impl, precision=precision, padding_mode=padding_mode, **options)
+        y = conv(x, kernel, impl=impl, precision=precision, **options)
         if use_bias:
             y = y + params["bias"].astype(y.dtype)
         return y, state

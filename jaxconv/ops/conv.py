@@ -108,14 +108,17 @@ def conv_output_shape(
     padding: Padding = "SAME",
     dilation: Any = 1,
     groups: int = 1,
+    padding_mode: str = "zeros",
     where: str = "conv",
 ) -> tuple[int, ...]:
     """The shape rule shared by every convolution implementation.
 
     Validates that ``input_shape`` ``(N, *spatial, C)`` and ``kernel_shape``
-    ``(*window, C // groups, F)`` fit together, and returns the output shape
-    ``(N, *out_spatial, F)``. ``N`` may be ``-1``.
+    ``(*window, C // groups, F)`` fit together (and that the padding is allowed
+    for ``padding_mode``), and returns the output shape ``(N, *out_spatial, F)``.
+    ``N`` may be ``-1``.
     """
+    check_padding_mode(padding_mode, where)
     input_shape, kernel_shape = tuple(input_shape), tuple(kernel_shape)
     nd = len(kernel_shape) - 2
     if nd not in (1, 2, 3):
@@ -152,6 +155,7 @@ def conv_output_shape(
                 f"padded input {tuple(i + lo + hi for i, (lo, hi) in zip(input_shape[1:-1], pads))} "
                 f"(input shape {input_shape}, padding {padding!r})")
         out.append(o)
+    check_mode_padding(input_shape[1:-1], pads, padding_mode, where)
     return (input_shape[0], *out, c_out)
 
 
@@ -468,12 +472,11 @@ def conv(
     check_padding_mode(padding_mode)
     impl = resolve_impl(impl, "conv", x.shape, kernel.shape, groups, "conv")
     conv_output_shape(x.shape, kernel.shape, stride=stride, padding=padding,
-                      dilation=dilation, groups=groups)
+                      dilation=dilation, groups=groups, padding_mode=padding_mode)
     nd = kernel.ndim - 2
     strides = expand(stride, nd, "stride")
     dilations = expand(dilation, nd, "dilation")
     pads = padding_pairs(padding, x.shape[1:-1], kernel.shape[:nd], strides, dilations)
-    check_mode_padding(x.shape[1:-1], pads, padding_mode)
     x, pads = pad_with_mode(x, pads, padding_mode)
     spec = ConvSpec(strides, pads, (1,) * nd, _unit_dilation(kernel.shape[:nd], dilations),
                     groups, precision)
