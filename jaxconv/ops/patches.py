@@ -162,6 +162,10 @@ def _conv_general_jvp(spec, primals, tangents):
 
 _conv_general.defjvp(_conv_general_jvp, symbolic_zeros=True)
 
+# One compiled computation per shape when called eagerly (instead of one per pad/slice);
+# inlined as a sub-computation under an outer jit.
+_conv_general_jit = jax.jit(_conv_general, static_argnums=2)
+
 
 def patches_conv_general(x: Any, kernel: Any, spec: ConvSpec) -> Any:
     """Evaluates a ``ConvSpec`` with patches + matmul (differentiable in both modes).
@@ -179,7 +183,7 @@ def patches_conv_general(x: Any, kernel: Any, spec: ConvSpec) -> Any:
     spec = spec._replace(
         strides=tuple(spec.strides), padding=tuple(map(tuple, spec.padding)),
         lhs_dilation=tuple(spec.lhs_dilation), rhs_dilation=tuple(spec.rhs_dilation))
-    return _conv_general(x, kernel, spec)
+    return _conv_general_jit(x, kernel, spec)
 
 
 def extract_patches(x: Any, kernel_size: Any, *, stride: Any = 1, padding: Padding = "VALID",
