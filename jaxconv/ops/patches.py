@@ -14,7 +14,7 @@ is a plain 2-D matmul (``dot_general``; a batched one over the groups when
 
 Memory: the patch tensor holds ``N * prod(out_spatial) * prod(kernel_size) * C``
 elements, i.e. ``prod(kernel_size) / prod(stride)`` times the input (9x for a
-3x3 stride-1 convolution: a batch of 128 28x28x32 float32 images gives a 115 MB
+3x3 stride-1 convolution: a batch of 128 28x28x32 float32 maps gives a 116 MB
 patch tensor). Exactly one is materialised per call; the backward pass
 materialises one more, of the output gradient.
 
