@@ -194,6 +194,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    import time
+
+    import jax
+
+    from jaxconv.verify import format_report, verify
+
+    print(f"jaxconv verify: impl='patches' vs impl='lax' on {args.cases} random configurations "
+          f"({args.dtype}, seed {args.seed}, backend {jax.default_backend()})", flush=True)
+    start = time.perf_counter()
+
+    def progress(done, total):
+        if not args.quiet and (done % 25 == 0 or done == total):
+            print(f"  {done}/{total} cases", flush=True)
+
+    report = verify(args.cases, dtype=args.dtype, seed=args.seed, progress=progress)
+    print(format_report(report))
+    print(f"{report.cases} cases in {time.perf_counter() - start:.1f} s")
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from jaxconv.models import MODELS
     from jaxconv.train import OPTIMIZERS, SCHEDULES
@@ -253,6 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     summ.add_argument("--impl", default="auto", help="convolution implementation (auto, lax, "
                                                      "patches); does not change the counts")
     summ.set_defaults(func=cmd_summary)
+
+    verify = sub.add_parser(
+        "verify", help="check impl='patches' against impl='lax' on random convolutions")
+    verify.add_argument("--cases", type=int, default=100, help="number of random configurations")
+    verify.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    verify.add_argument("--seed", type=int, default=0)
+    verify.add_argument("--quiet", action="store_true", help="no progress lines")
+    verify.set_defaults(func=cmd_verify)
     return parser
 
 

@@ -1,0 +1,63 @@
+"""``impl="auto"``: which convolution implementation to use where.
+
+The choice is a lookup in :data:`TABLE`, a list of rules tried in order; the
+first rule whose every field matches wins. Fields:
+
+- ``backend``: ``jax.default_backend()`` of the arrays' platform (``"cpu"``,
+  ``"gpu"``, ``"tpu"``, ...) or ``"*"``;
+- ``op``: ``"conv"`` or ``"conv_transpose"`` or ``"*"``;
+- ``shape``: the shape class from :func:`shape_class` (``"pointwise"``,
+  ``"depthwise"``, ``"grouped"``, ``"dense"``) or ``"*"``;
+- ``impl``: ``"lax"`` or ``"patches"``;
+- ``note``: where the rule comes from (a measurement in
+  ``benchmarks/RESULTS.md``, or a default).
+
+To refine the table from new measurements, edit :data:`TABLE` (more specific
+rules first); nothing else needs to change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+TABLE: list[dict[str, str]] = [
+    {"backend": "cpu", "op": "*", "shape": "*", "impl": "patches",
+     "note": "default: XLA:CPU's convolution (and its backward) is slow; patches + matmul wins"},
+    {"backend": "gpu", "op": "*", "shape": "*", "impl": "lax",
+     "note": "default: cuDNN convolutions"},
+    {"backend": "tpu", "op": "*", "shape": "*", "impl": "lax",
+     "note": "default: native TPU convolutions"},
+    {"backend": "*", "op": "*", "shape": "*", "impl": "lax", "note": "fallback"},
+]
+
+
+def shape_class(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], groups: int) -> str:
+    """A coarse class of a convolution's shapes, the key of :data:`TABLE`."""
+    window = kernel_shape[:-2]
+    if groups > 1 and groups == x_shape[-1]:
+        return "depthwise"
+    if groups > 1:
+        return "grouped"
+    if all(k == 1 for k in window):
+        return "pointwise"
+    return "dense"
+
+
+def choose_impl(op: str, x_shape: tuple[int, ...], kernel_shape: tuple[int, ...],
+                groups: int = 1, backend: str | None = None) -> str:
+    """The implementation :data:`TABLE` picks for this convolution.
+
+    Args:
+      op: ``"conv"`` or ``"conv_transpose"``.
+      x_shape, kernel_shape, groups: the convolution's arguments.
+      backend: defaults to ``jax.default_backend()``.
+    """
+    backend = backend or jax.default_backend()
+    cls = shape_class(x_shape, kernel_shape, groups)
+    key: dict[str, Any] = {"backend": backend, "op": op, "shape": cls}
+    for rule in TABLE:
+        if all(rule[f] in ("*", key[f]) for f in key):
+            return rule["impl"]
+    return "lax"

@@ -1,0 +1,219 @@
+"""The hand-rolled convolution: patch extraction (im2col) and one matmul per group.
+
+No convolution primitive is used, and ``lax.conv_general_dilated_patches`` is
+never called: patches are built from one ``lax.pad`` (zero padding, negative =
+crop, and the input dilation of a transposed convolution, all in one op), one
+strided ``lax.slice`` per kernel position and one ``concatenate`` along the
+channel axis. The patch tensor has shape
+
+    (N, *out_spatial, prod(kernel_size) * C)     (order: kernel position, channel)
+
+so the contraction with the kernel reshaped to ``(prod(kernel_size) * C, F)``
+is a plain 2-D matmul (``dot_general``; a batched one over the groups when
+``groups > 1``).
+
+Memory: the patch tensor holds ``N * prod(out_spatial) * prod(kernel_size) * C``
+elements, i.e. ``prod(kernel_size) / prod(stride)`` times the input (9x for a
+3x3 stride-1 convolution: a batch of 128 28x28x32 float32 maps gives a 116 MB
+patch tensor). Exactly one is materialised per call; the backward pass
+materialises one more, of the output gradient.
+
+Differentiation (``jax.custom_jvp``, so forward and reverse mode both work, and
+``vmap`` and ``jit`` compose): the tangent of ``y = P(x) @ W`` is
+
+    dy = P(x) @ dW   +   T(dx; W)
+
+- ``P(x) @ dW`` reuses the forward patches; its transpose (reverse mode) is
+  the weight gradient ``P(x)^T @ dy``, one matmul (per group) over the same
+  patches.
+- ``T(dx; W)`` is the same convolution written in "scatter" form: one matmul
+  ``dx @ W`` to all kernel positions, a ``split`` along channels, then per
+  kernel position a ``pad`` (placing it, input-dilated, in the padded frame)
+  and a strided ``slice``, summed. JAX transposes it op by op into the gather
+  form of the transposed convolution: the output gradient is stride-dilated and
+  padded per kernel position (``pad``), ``concatenate``-d along channels into a
+  patch tensor, and contracted with the kernel in one matmul -- a
+  ``conv_transpose`` built from the same machinery, with no scatter.
+
+Second-order derivatives go through the same rules (the tangent map is plain
+JAX), but are not tuned for speed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
+
+from jaxconv.ops.conv import (ConvSpec, Padding, conv_output_shape, expand,
+                              general_output_size, padding_pairs)
+
+
+def _offsets(window, rhs_dilation):
+    """Start offsets of each kernel position, in row-major kernel order."""
+    return list(itertools.product(*[[j * d for j in range(k)]
+                                    for k, d in zip(window, rhs_dilation)]))
+
+
+def _frame(x_shape, window, spec):
+    """Pad config and output spatial sizes of ``spec`` on an input of ``x_shape``."""
+    config = [(0, 0, 0)] + [(lo, hi, a - 1) for (lo, hi), a in
+                            zip(spec.padding, spec.lhs_dilation)] + [(0, 0, 0)]
+    out = tuple(general_output_size(n, k, dims) for n, k, dims in zip(
+        x_shape[1:-1], window,
+        zip(spec.strides, spec.padding, spec.lhs_dilation, spec.rhs_dilation)))
+    return config, out
+
+
+def _window_slice(xp, start, out, strides):
+    """The strided slice of ``xp`` that kernel position ``start`` sees."""
+    n, c = xp.shape[0], xp.shape[-1]
+    limit = [st + (o - 1) * s + 1 for st, o, s in zip(start, out, strides)]
+    return lax.slice(xp, (0, *start, 0), (n, *limit, c), (1, *strides, 1))
+
+
+def patches_general(x: Any, window: tuple[int, ...], spec: ConvSpec) -> Any:
+    """Patch tensor ``(N, *out, K * C)`` of ``x`` for the convolution ``spec``.
+
+    One ``pad`` (dilation + padding), ``K = prod(window)`` strided slices and one
+    concatenate along the channel axis.
+    """
+    config, out = _frame(x.shape, window, spec)
+    xp = lax.pad(x, jnp.zeros((), x.dtype), config)
+    slices = [_window_slice(xp, start, out, spec.strides)
+              for start in _offsets(window, spec.rhs_dilation)]
+    return slices[0] if len(slices) == 1 else lax.concatenate(slices, x.ndim - 1)
+
+
+def _contract(patches: Any, kernel: Any, groups: int, precision: Any) -> Any:
+    """``(N, *out, K * C) x (*k, C // g, F) -> (N, *out, F)``: one matmul per group."""
+    nd = kernel.ndim - 2
+    k_total = math.prod(kernel.shape[:nd])
+    cg, f = kernel.shape[-2:]
+    if groups == 1:
+        w = kernel.reshape(k_total * cg, f)
+        return lax.dot_general(patches, w, (((patches.ndim - 1,), (0,)), ((), ())),
+                               precision=precision)
+    p = patches.reshape(*patches.shape[:-1], k_total, groups, cg)
+    w = kernel.reshape(k_total, cg, groups, f // groups)
+    y = jnp.einsum("...kgc,kcgf->...gf", p, w, precision=precision)
+    return y.reshape(*y.shape[:-2], f)
+
+
+def _scatter_conv(dx: Any, kernel: Any, spec: ConvSpec) -> Any:
+    """The same convolution as ``patches_conv_general``, in scatter (col2im) form.
+
+    ``dx @ W`` to every kernel position at once (one matmul per group), then
+    each kernel position's block is placed in the padded, input-dilated frame
+    (``pad``), strided-sliced to the output grid and summed. Linear in ``dx``;
+    its transpose is the gather-form transposed convolution (see module doc).
+    """
+    nd = kernel.ndim - 2
+    window = kernel.shape[:nd]
+    k_total = math.prod(window)
+    cg, f = kernel.shape[-2:]
+    g = spec.groups
+    if g == 1:
+        w = jnp.moveaxis(kernel.reshape(k_total, cg, f), 1, 0).reshape(cg, k_total * f)
+        z = lax.dot_general(dx, w, (((dx.ndim - 1,), (0,)), ((), ())), precision=spec.precision)
+    else:
+        w = kernel.reshape(k_total, cg, g, f // g)
+        z = jnp.einsum("...gc,kcgf->...kgf", dx.reshape(*dx.shape[:-1], g, cg), w,
+                       precision=spec.precision)
+        z = z.reshape(*dx.shape[:-1], k_total * f)
+    blocks = jnp.split(z, k_total, axis=-1) if k_total > 1 else [z]
+    config, out = _frame(dx.shape, window, spec)
+    zero = jnp.zeros((), dx.dtype)
+    y = None
+    for block, start in zip(blocks, _offsets(window, spec.rhs_dilation)):
+        part = _window_slice(lax.pad(block, zero, config), start, out, spec.strides)
+        y = part if y is None else y + part
+    return y
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _conv_general(x, kernel, spec):
+    window = kernel.shape[:kernel.ndim - 2]
+    return _contract(patches_general(x, window, spec), kernel, spec.groups, spec.precision)
+
+
+def _conv_general_jvp(spec, primals, tangents):
+    x, kernel = primals
+    dx, dkernel = tangents
+    window = kernel.shape[:kernel.ndim - 2]
+    p = patches_general(x, window, spec)
+    y = _contract(p, kernel, spec.groups, spec.precision)
+    dy = None
+    if not isinstance(dkernel, SymbolicZero):
+        dy = _contract(p, dkernel, spec.groups, spec.precision)
+    if not isinstance(dx, SymbolicZero):
+        t = _scatter_conv(dx, kernel, spec)
+        dy = t if dy is None else dy + t
+    if dy is None:
+        dy = jnp.zeros_like(y)
+    return y, dy
+
+
+_conv_general.defjvp(_conv_general_jvp, symbolic_zeros=True)
+
+# One compiled computation per shape when called eagerly (instead of one per pad/slice);
+# inlined as a sub-computation under an outer jit.
+_conv_general_jit = jax.jit(_conv_general, static_argnums=2)
+
+
+def patches_conv_general(x: Any, kernel: Any, spec: ConvSpec) -> Any:
+    """Evaluates a ``ConvSpec`` with patches + matmul (differentiable in both modes).
+
+    Args:
+      x: ``(N, *spatial, C)``.
+      kernel: ``(*kernel_size, C // groups, F)``.
+      spec: the resolved convolution (``jaxconv.ops.conv.ConvSpec``); shapes are
+        assumed already validated by ``conv_output_shape`` or
+        ``conv_transpose_output_shape``.
+
+    Returns:
+      ``(N, *out_spatial, F)``.
+    """
+    spec = spec._replace(
+        strides=tuple(spec.strides), padding=tuple(map(tuple, spec.padding)),
+        lhs_dilation=tuple(spec.lhs_dilation), rhs_dilation=tuple(spec.rhs_dilation))
+    return _conv_general_jit(x, kernel, spec)
+
+
+def extract_patches(x: Any, kernel_size: Any, *, stride: Any = 1, padding: Padding = "VALID",
+                    dilation: Any = 1) -> Any:
+    """Patches of every window of ``x``, flattened in (kernel position, channel) order.
+
+    Args:
+      x: ``(N, *spatial, C)`` with 1 to 3 spatial dimensions.
+      kernel_size, stride, dilation: int or one int per spatial dimension.
+      padding: as in ``jaxconv.ops.conv`` (zero padding; negative = crop).
+
+    Returns:
+      ``(N, *out_spatial, prod(kernel_size) * C)``, with ``out_spatial`` as for
+      ``conv``; ``patches[n, *o, (j * C) + c] = x_padded[n, *(o * stride + pos_j *
+      dilation), c]`` where ``pos_j`` is the ``j``-th kernel position in
+      row-major order. ``conv(x, w) == patches @ w.reshape(-1, F)``.
+      Memory: ``prod(kernel_size) / prod(stride)`` times the size of ``x``.
+    """
+    x = jnp.asarray(x)
+    nd = x.ndim - 2
+    if nd not in (1, 2, 3):
+        raise ValueError(
+            f"extract_patches: expected input of rank 3, 4 or 5 (N, *spatial, C), "
+            f"got shape {x.shape}")
+    window = expand(kernel_size, nd, "kernel_size", where="extract_patches")
+    c = x.shape[-1]
+    conv_output_shape(x.shape, (*window, c, 1), stride=stride, padding=padding,
+                      dilation=dilation, where="extract_patches")
+    strides = expand(stride, nd, "stride", where="extract_patches")
+    dilations = expand(dilation, nd, "dilation", where="extract_patches")
+    pads = padding_pairs(padding, x.shape[1:-1], window, strides, dilations,
+                         where="extract_patches")
+    return patches_general(x, window, ConvSpec(strides, pads, (1,) * nd, dilations, 1))

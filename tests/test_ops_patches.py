@@ -1,0 +1,144 @@
+"""jaxconv.ops.patches: patch extraction, the jaxpr of the hand-rolled path, transformations."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxconv.ops.conv import conv, conv_transpose
+from jaxconv.ops.patches import extract_patches
+
+HIGHEST = lax.Precision.HIGHEST
+
+
+def _primitives(jaxpr):
+    """Names of every primitive in a (closed) jaxpr, sub-jaxprs included."""
+    names = []
+    for eqn in jaxpr.eqns:
+        names.append(eqn.primitive.name)
+        for param in eqn.params.values():
+            subs = param if isinstance(param, (tuple, list)) else [param]
+            for sub in subs:
+                if hasattr(sub, "eqns"):  # a Jaxpr
+                    names += _primitives(sub)
+                elif hasattr(getattr(sub, "jaxpr", None), "eqns"):  # a ClosedJaxpr
+                    names += _primitives(sub.jaxpr)
+    return names
+
+
+def _rand(shape, seed=0, dtype=jnp.float32):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
+def test_extract_patches_layout_matches_numpy():
+    x = _rand((2, 5, 6, 3))
+    p = extract_patches(x, (2, 3), stride=(2, 1), padding=((1, 0), (0, 1)), dilation=(1, 2))
+    xp = np.pad(np.asarray(x), ((0, 0), (1, 0), (0, 1), (0, 0)))
+    out_h, out_w = (6 - 2) // 2 + 1, (7 - 5) // 1 + 1
+    assert p.shape == (2, out_h, out_w, 2 * 3 * 3)
+    for i, j in itertools.product(range(out_h), range(out_w)):
+        want = np.concatenate([xp[:, 2 * i + a, j + 2 * b, :]
+                               for a, b in itertools.product(range(2), range(3))], axis=-1)
+        np.testing.assert_array_equal(p[:, i, j], want)
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_conv_is_patches_times_reshaped_kernel(nd):
+    x = _rand((2,) + (5,) * nd + (3,))
+    w = _rand((3,) * nd + (3, 4), seed=1)
+    p = extract_patches(x, 3, stride=2, padding="SAME", dilation=1)
+    want = conv(x, w, stride=2, padding="SAME", impl="lax", precision=HIGHEST)
+    np.testing.assert_allclose(p @ w.reshape(-1, 4), want, rtol=1e-5, atol=1e-5)
+
+
+def test_extract_patches_errors():
+    with pytest.raises(ValueError, match="extract_patches: expected input of rank 3, 4 or 5"):
+        extract_patches(jnp.ones((5, 5)), 3)
+    with pytest.raises(ValueError, match="extract_patches: kernel of size"):
+        extract_patches(jnp.ones((1, 5, 5, 1)), 7)
+    with pytest.raises(ValueError, match="extract_patches: stride must be >= 1"):
+        extract_patches(jnp.ones((1, 5, 5, 1)), 3, stride=0)
+
+
+CASES = [
+    ("conv", dict(stride=2, padding="SAME", dilation=1, groups=1)),
+    ("conv", dict(stride=1, padding=((1, -1), 2), dilation=2, groups=2,
+                  padding_mode="reflect")),
+    ("conv", dict(stride=(1, 2), padding=1, groups=4, padding_mode="circular")),
+    ("conv_transpose", dict(stride=2, padding=1, output_padding=1, groups=2)),
+]
+
+
+def _case_fn(op, kw, impl="patches"):
+    fn = conv if op == "conv" else conv_transpose
+    return lambda x, w: fn(x, w, impl=impl, **kw)
+
+
+def _case_arrays(op, kw):
+    g = kw["groups"]
+    x = _rand((2, 7, 6, 4))
+    w = _rand((3, 3, 4 // g, 4), seed=1) if op == "conv" else _rand((3, 3, 4 // g, 4), seed=1)
+    return x, w
+
+
+@pytest.mark.parametrize("op, kw", CASES)
+def test_patches_jaxpr_has_no_convolution(op, kw):
+    """Forward, reverse-mode and forward-mode jaxprs: no conv_general_dilated, no scatter."""
+    f = _case_fn(op, kw)
+    x, w = _case_arrays(op, kw)
+    loss = lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
+    jaxprs = {
+        "forward": jax.make_jaxpr(f)(x, w),
+        "grad": jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, w),
+        "jvp": jax.make_jaxpr(lambda x, w: jax.jvp(f, (x, w), (x, w)))(x, w),
+    }
+    for name, jaxpr in jaxprs.items():
+        prims = _primitives(jaxpr.jaxpr)
+        assert "dot_general" in prims, name
+        assert not any("conv" in p for p in prims), (name, sorted(set(prims)))
+        assert not any("scatter" in p or "gather" in p for p in prims), (name, sorted(set(prims)))
+    # The lax path does use the convolution primitive (so the walk can see it).
+    lax_prims = _primitives(jax.make_jaxpr(_case_fn(op, kw, "lax"))(x, w).jaxpr)
+    assert "conv_general_dilated" in lax_prims
+
+
+def test_one_patch_tensor_and_one_matmul_per_call():
+    x, w = _rand((2, 8, 8, 3)), _rand((3, 3, 3, 5), seed=1)
+    prims = _primitives(jax.make_jaxpr(lambda x, w: conv(x, w, impl="patches"))(x, w).jaxpr)
+    assert prims.count("concatenate") == 1
+    assert prims.count("dot_general") == 1
+    assert prims.count("pad") == 1
+    # Weight gradient: one matmul over the forward patches; input gradient: one more.
+    g = jax.make_jaxpr(jax.grad(lambda x, w: jnp.sum(conv(x, w, impl="patches")), (0, 1)))(x, w)
+    prims = _primitives(g.jaxpr)
+    assert prims.count("dot_general") == 3  # forward, d/dw, d/dx
+    assert prims.count("concatenate") == 2  # forward patches, output-gradient patches
+
+
+def test_patches_under_jit_vmap_jvp_and_second_order():
+    x, w = _rand((2, 5, 5, 2)), _rand((2, 2, 1, 2), seed=1)
+    kw = dict(stride=2, padding="SAME", groups=2)
+    pat = lambda x, w: conv(x, w, impl="patches", **kw)  # noqa: E731
+    ref = lambda x, w: conv(x, w, impl="lax", precision=HIGHEST, **kw)  # noqa: E731
+    loss = lambda f: (lambda x, w: jnp.sum(jnp.tanh(f(x, w))))  # noqa: E731
+    np.testing.assert_allclose(jax.jit(pat)(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
+    xs = jnp.stack([x, 2 * x])
+
+    @jax.jit
+    def transformed(x, w, xs):
+        out = {}
+        for name, f in (("pat", pat), ("ref", ref)):
+            out[name] = (jax.vmap(jax.grad(loss(f), (0, 1)), (0, None))(xs, w),
+                         jax.jvp(f, (x, w), (x, w))[1],
+                         jax.hessian(lambda w, f=f: loss(f)(x, w))(w),
+                         lax.scan(lambda c, xi, f=f: (c, f(xi, w)), 0, xs)[1])
+        return out
+
+    out = transformed(x, w, xs)
+    for a, b in zip(jax.tree_util.tree_leaves(out["pat"]), jax.tree_util.tree_leaves(out["ref"])):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
