@@ -194,6 +194,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    from jaxconv.models import INPUT_SHAPES, get_model
+    from jaxconv.summary import summary
+
+    if args.input_shape:
+        try:
+            shape = tuple(int(d) for d in args.input_shape.split(","))
+        except ValueError:
+            print(f"jaxconv summary: --input-shape must be comma-separated ints such as "
+                  f"32,32,3, got {args.input_shape!r}", file=sys.stderr)
+            return 2
+    else:
+        shape = INPUT_SHAPES[args.model]
+    model = get_model(args.model, num_classes=args.num_classes, impl=args.impl)
+    print(f"{args.model} ({args.num_classes} classes, conv impl {args.impl!r})")
+    print(summary(model, (-1, *shape)))
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     import time
 
