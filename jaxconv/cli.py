@@ -137,6 +137,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"label smoothing {args.label_smoothing}, augment {augment_spec}, seed {args.seed}, "
         f"backend {jax.default_backend()}, {devices} device(s), {jax.process_count()} process(es)")
     checkpoint_dir = os.path.join(args.out, "checkpoints")
+    if args.resume:
+        _check_resume_config(checkpoint_dir, config)
     try:
         state, history = fit(model, optimizer, data.train, test=data.test, epochs=epochs,
                              batch_size=args.batch_size, loss_fn=loss_fn, seed=args.seed,
