@@ -14,6 +14,7 @@ from jaxconv.core import (Layer, count_params, fan_in_concat, fan_in_sum, fan_ou
 from jaxconv.data import load_dataset
 from jaxconv.layers import *  # noqa: F401,F403
 from jaxconv.layers import __all__ as _layers_all
+from jaxconv.summary import summary
 from jaxconv.losses import accuracy, cross_entropy, square_loss
 from jaxconv.train import TrainState, create_train_state, evaluate, fit, make_train_step
 
@@ -22,6 +23,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Layer", "serial", "parallel", "fan_out", "fan_in_sum", "fan_in_concat", "residual",
     "count_params", "ops", "load_dataset", "cross_entropy", "square_loss", "accuracy",
-    "TrainState", "create_train_state", "make_train_step", "evaluate", "fit",
+    "TrainState", "create_train_state", "make_train_step", "evaluate", "fit", "summary",
     *_layers_all,
 ]

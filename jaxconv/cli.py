@@ -76,6 +76,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    from jaxconv.models import INPUT_SHAPES, get_model
+    from jaxconv.summary import summary
+
+    if args.input_shape:
+        try:
+            shape = tuple(int(d) for d in args.input_shape.split(","))
+        except ValueError:
+            print(f"jaxconv summary: --input-shape must be comma-separated ints such as "
+                  f"32,32,3, got {args.input_shape!r}", file=sys.stderr)
+            return 2
+    else:
+        shape = INPUT_SHAPES[args.model]
+    model = get_model(args.model, num_classes=args.num_classes, impl=args.impl)
+    print(f"{args.model} ({args.num_classes} classes, conv impl {args.impl!r})")
+    print(summary(model, (-1, *shape)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from jaxconv.models import MODELS
 
@@ -100,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--seed", type=int, default=0)
     verify.add_argument("--quiet", action="store_true", help="no progress lines")
     verify.set_defaults(func=cmd_verify)
+
+    summ = sub.add_parser("summary", help="print a model's layers, shapes, parameter counts "
+                                          "and multiply-adds")
+    summ.add_argument("model", choices=sorted(MODELS))
+    summ.add_argument("--input-shape", default=None,
+                      help="input shape without the batch, e.g. 32,32,3 (default: the model's)")
+    summ.add_argument("--num-classes", type=int, default=10)
+    summ.add_argument("--impl", default="auto", help="convolution implementation (auto, lax, "
+                                                     "patches); does not change the counts")
+    summ.set_defaults(func=cmd_summary)
     return parser
 
 

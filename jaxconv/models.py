@@ -1,42 +1,161 @@
-"""Ready-made networks. Each function returns a ``Layer`` (build with ``init``)."""
+"""Ready-made networks. Each function returns a ``Layer`` (build with ``init``).
+
+Every model takes ``impl`` (the convolution implementation, passed to its
+``Conv`` layers: ``"auto"``, ``"lax"`` or ``"patches"``) and ``dtype`` (the
+compute dtype of its Conv/Dense/BatchNorm layers, e.g. ``jnp.bfloat16``;
+``None`` computes in the dtype of input and params). ``INPUT_SHAPES`` gives
+each model's natural input ``(H, W, C)``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from jaxconv.core import Layer, serial
-from jaxconv.layers import Conv, Dense, Flatten, MaxPool, Relu, Sigmoid
+from jaxconv.core import Layer, residual, serial
+from jaxconv.layers import (AvgPool, BatchNorm, Conv, Dense, Dropout, Flatten, GlobalMaxPool,
+                            Lambda, MaxPool, Relu, Sigmoid, Tanh)
 
 
-def seed_mlp(hidden: Sequence[int] = (4, 4), num_outputs: int = 2) -> Layer:
+def seed_mlp(hidden: Sequence[int] = (4, 4), num_outputs: int = 2, *, impl: str = "auto",
+             dtype: Any = None) -> Layer:
     """The seed text's feed-forward network: two sigmoid hidden layers and an output layer.
 
     ``(N, F) -> Dense(hidden[0]) -> sigmoid -> Dense(hidden[1]) -> sigmoid -> Dense(num_outputs)``.
+    ``impl`` is accepted for a uniform signature (there is no convolution).
     """
     h1, h2 = hidden
-    return serial(Dense(h1), Sigmoid(), Dense(h2), Sigmoid(), Dense(num_outputs))
+    return serial(Dense(h1, dtype=dtype), Sigmoid(), Dense(h2, dtype=dtype), Sigmoid(),
+                  Dense(num_outputs, dtype=dtype))
 
 
-def digits_cnn(num_classes: int = 10) -> Layer:
+def seed_cnn(num_classes: int = 10, *, kernel_size: int = 3, impl: str = "auto",
+             dtype: Any = None) -> Layer:
+    """The seed text's ConvNet on 32x32x3 images.
+
+    ``32x32x3 -> Conv 12 filters (3x3, SAME) -> 32x32x12 -> ReLU -> 2x2 max pool, stride 2
+    -> 16x16x12 -> Flatten (3072) -> Dense(num_classes)`` (the class scores).
+    """
+    return serial(
+        Conv(12, kernel_size, padding="SAME", impl=impl, dtype=dtype), Relu(),
+        MaxPool(2),
+        Flatten(), Dense(num_classes, dtype=dtype),
+    )
+
+
+def lenet5(num_classes: int = 10, *, impl: str = "auto", dtype: Any = None) -> Layer:
+    """LeNet-5 (LeCun et al., 1998) with tanh and average pooling.
+
+    On 28x28x1 (MNIST; the first convolution pads by 2, which equals the
+    original 32x32 input): ``Conv 6 5x5 pad 2 -> 28x28x6 -> tanh -> avg pool 2 -> 14x14x6
+    -> Conv 16 5x5 -> 10x10x16 -> tanh -> avg pool 2 -> 5x5x16 -> Dense 120 -> tanh
+    -> Dense 84 -> tanh -> Dense(num_classes)``; 61,706 params for 10 classes.
+    """
+    return serial(
+        Conv(6, 5, padding=2, impl=impl, dtype=dtype), Tanh(), AvgPool(2),
+        Conv(16, 5, padding="VALID", impl=impl, dtype=dtype), Tanh(), AvgPool(2),
+        Flatten(),
+        Dense(120, dtype=dtype), Tanh(),
+        Dense(84, dtype=dtype), Tanh(),
+        Dense(num_classes, dtype=dtype),
+    )
+
+
+def mnist_cnn(num_classes: int = 10, *, impl: str = "auto", dtype: Any = None) -> Layer:
+    """The classic Keras/PyTorch MNIST example network on 28x28x1.
+
+    ``Conv 32 3x3 VALID -> ReLU -> Conv 64 3x3 VALID -> ReLU -> 2x2 max pool -> 12x12x64
+    -> Dropout 0.25 -> Flatten (9216) -> Dense 128 -> ReLU -> Dropout 0.5 -> Dense(num_classes)``;
+    1,199,882 params for 10 classes, as ``pytorch/examples/mnist``.
+    """
+    return serial(
+        Conv(32, 3, padding="VALID", impl=impl, dtype=dtype), Relu(),
+        Conv(64, 3, padding="VALID", impl=impl, dtype=dtype), Relu(),
+        MaxPool(2), Dropout(0.25),
+        Flatten(), Dense(128, dtype=dtype), Relu(), Dropout(0.5),
+        Dense(num_classes, dtype=dtype),
+    )
+
+
+def digits_cnn(num_classes: int = 10, *, impl: str = "auto", dtype: Any = None) -> Layer:
     """A small CNN for 8x8x1 digits.
 
     ``Conv 32 3x3 -> ReLU -> Conv 64 3x3 -> ReLU -> MaxPool 2 -> Dense 128 -> ReLU -> Dense``.
     """
     return serial(
-        Conv(32, 3), Relu(),
-        Conv(64, 3), Relu(), MaxPool(2),
-        Flatten(), Dense(128), Relu(),
-        Dense(num_classes),
+        Conv(32, 3, impl=impl, dtype=dtype), Relu(),
+        Conv(64, 3, impl=impl, dtype=dtype), Relu(), MaxPool(2),
+        Flatten(), Dense(128, dtype=dtype), Relu(),
+        Dense(num_classes, dtype=dtype),
     )
 
 
-MODELS = {"seed_mlp": seed_mlp, "digits_cnn": digits_cnn}
+def conv_bn_relu(features: int, *, impl: str = "auto", dtype: Any = None) -> Layer:
+    """``Conv 3x3 SAME (no bias) -> BatchNorm -> ReLU``, the block of ResNet-9."""
+    return serial(
+        ("conv", Conv(features, 3, padding="SAME", use_bias=False, impl=impl, dtype=dtype)),
+        ("bn", BatchNorm(dtype=dtype)),
+        ("relu", Relu()),
+    )
 
 
-def get_model(name: str, num_classes: int = 10) -> Layer:
-    """Builds a model of ``MODELS`` by name."""
+def resnet9(num_classes: int = 10, *, width: int = 64, output_scale: float = 0.125,
+            impl: str = "auto", dtype: Any = None) -> Layer:
+    """The DAWNBench ResNet-9 (Myrtle.ai, D. Page) for 32x32x3 CIFAR-10 images.
+
+    ``prep: block(w) -> layer1: block(2w), max pool 2, residual(block(2w), block(2w))
+    -> layer2: block(4w), max pool 2 -> layer3: block(8w), max pool 2,
+    residual(block(8w), block(8w)) -> global max pool -> Dense(num_classes, no bias)
+    -> * output_scale``, where ``block`` is ``conv_bn_relu`` (3x3 conv without bias,
+    BatchNorm, ReLU). With ``width=64``: 64-128-256-512 channels, 6,573,120 params.
+    """
+    def block(f):
+        return conv_bn_relu(f, impl=impl, dtype=dtype)
+
+    layers = [
+        ("prep", block(width)),
+        ("layer1", serial(("block", block(2 * width)), ("pool", MaxPool(2)),
+                          ("res", residual(("block0", block(2 * width)),
+                                           ("block1", block(2 * width)))))),
+        ("layer2", serial(("block", block(4 * width)), ("pool", MaxPool(2)))),
+        ("layer3", serial(("block", block(8 * width)), ("pool", MaxPool(2)),
+                          ("res", residual(("block0", block(8 * width)),
+                                           ("block1", block(8 * width)))))),
+        ("pool", GlobalMaxPool()),
+        ("classifier", Dense(num_classes, use_bias=False, dtype=dtype)),
+    ]
+    if output_scale != 1:
+        layers.append(("scale", Lambda(lambda x: x * output_scale, kind="scale")))
+    return serial(*layers)
+
+
+MODELS = {
+    "seed_mlp": seed_mlp,
+    "digits_cnn": digits_cnn,
+    "seed_cnn": seed_cnn,
+    "lenet5": lenet5,
+    "mnist_cnn": mnist_cnn,
+    "resnet9": resnet9,
+}
+
+#: Natural input ``(H, W, C)`` (or ``(F,)``) of each model, without the batch dimension.
+INPUT_SHAPES = {
+    "seed_mlp": (8, 8, 1),
+    "digits_cnn": (8, 8, 1),
+    "seed_cnn": (32, 32, 3),
+    "lenet5": (28, 28, 1),
+    "mnist_cnn": (28, 28, 1),
+    "resnet9": (32, 32, 3),
+}
+
+
+def get_model(name: str, num_classes: int = 10, **kwargs: Any) -> Layer:
+    """Builds a model of ``MODELS`` by name; ``kwargs`` (``impl``, ``dtype``...) are passed on.
+
+    ``seed_mlp`` is wrapped with a leading ``Flatten`` so that it takes images.
+    """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
     if name == "seed_mlp":
-        return serial(Flatten(), seed_mlp(num_outputs=num_classes))
-    return MODELS[name](num_classes=num_classes)
+        return serial(Flatten(), seed_mlp(num_outputs=num_classes, **kwargs))
+    return MODELS[name](num_classes=num_classes, **kwargs)

@@ -3,7 +3,9 @@
 from jaxconv.ops.conv import (conv, conv_output_shape, conv_transpose, conv_transpose_output_shape,
                               padding_pairs)
 from jaxconv.ops.patches import extract_patches
-from jaxconv.ops.pool import avg_pool, max_pool
+from jaxconv.ops.pool import (adaptive_avg_pool, adaptive_max_pool, avg_pool, global_avg_pool,
+                              global_max_pool, max_pool, min_pool)
 
 __all__ = ["conv", "conv_transpose", "extract_patches", "conv_output_shape",
-           "conv_transpose_output_shape", "padding_pairs", "max_pool", "avg_pool"]
+           "conv_transpose_output_shape", "padding_pairs", "max_pool", "avg_pool", "min_pool",
+           "global_avg_pool", "global_max_pool", "adaptive_avg_pool", "adaptive_max_pool"]

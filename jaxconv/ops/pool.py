@@ -1,48 +1,251 @@
-"""Pooling ops over the spatial axes of channels-last arrays ``(N, *spatial, C)``."""
+"""Pooling ops over the spatial axes of channels-last arrays ``(N, *spatial, C)``.
+
+1-D, 2-D and 3-D inputs (rank 3, 4, 5) are supported. Windowed pools take the
+same ``padding`` spellings as convolution (``jaxconv.ops.conv.padding_pairs``)
+and default ``stride`` to the window (PyTorch's convention). Adaptive pools use
+PyTorch's bin rule: output index ``i`` of ``out`` covers input positions
+``floor(i * n / out) <= j < ceil((i + 1) * n / out)``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from jaxconv.ops.conv import expand, padding_pairs
+from jaxconv.ops.conv import conv_output_size, expand, padding_pairs
+
+Padding = Any
 
 
-def _window(x, window, stride, padding, where):
-    nd = x.ndim - 2
-    if nd < 1:
-        raise ValueError(f"{where}: expected input (N, *spatial, C), got shape {x.shape}")
+def _check_rank(shape: Sequence[int], where: str) -> int:
+    nd = len(shape) - 2
+    if nd not in (1, 2, 3):
+        raise ValueError(
+            f"{where}: expected input of rank 3, 4 or 5 (N, *spatial, C), got shape "
+            f"{tuple(shape)} (rank {len(shape)})")
+    return nd
+
+
+def pool_geometry(input_shape: Sequence[int], window: Any, stride: Any = None,
+                  padding: Padding = "VALID", *, where: str = "pool"):
+    """Validates a windowed pool and returns ``(window, stride, pads, out_shape)``.
+
+    Args:
+      input_shape: ``(N, *spatial, C)``; ``N`` may be ``-1``.
+      window: int or one int per spatial dimension.
+      stride: int, one int per dimension, or ``None`` (= ``window``).
+      padding: any spelling accepted by ``padding_pairs``. Explicit pads must
+        satisfy ``0 <= pad < window`` so that every window overlaps the input.
+
+    Returns:
+      ``window``, ``stride`` (tuples), ``pads`` (``(low, high)`` per dimension)
+      and the output shape ``(N, *out_spatial, C)`` with
+      ``out = floor((n + low + high - window) / stride) + 1``.
+    """
+    shape = tuple(input_shape)
+    nd = _check_rank(shape, where)
     window = expand(window, nd, "window", where=where)
     stride = window if stride is None else expand(stride, nd, "stride", where=where)
-    pads = padding_pairs(padding, x.shape[1:-1], window, stride, (1,) * nd, where=where)
-    for size, k, (lo, hi) in zip(x.shape[1:-1], window, pads):
-        if size + lo + hi < k:
+    pads = padding_pairs(padding, shape[1:-1], window, stride, (1,) * nd, where=where)
+    for k, (lo, hi) in zip(window, pads):
+        if not (0 <= lo < k and 0 <= hi < k):
             raise ValueError(
-                f"{where}: window {window} is larger than the padded input "
-                f"(input shape {x.shape}, padding {padding!r})")
-    return (1, *window, 1), (1, *stride, 1), ((0, 0), *pads, (0, 0))
+                f"{where}: padding must be >= 0 and smaller than the window on each side "
+                f"(every window must overlap the input); got pads {pads} for window {window}")
+    out = []
+    for size, k, s, p in zip(shape[1:-1], window, stride, pads):
+        o = conv_output_size(size, k, s, 1, p)
+        if o <= 0:
+            padded = tuple(n + lo + hi for n, (lo, hi) in zip(shape[1:-1], pads))
+            raise ValueError(
+                f"{where}: window {window} is larger than the padded input {padded} "
+                f"(input shape {shape}, padding {padding!r})")
+        out.append(o)
+    return window, stride, pads, (shape[0], *out, shape[-1])
 
 
-def max_pool(x: Any, window: Any, stride: Any = None, padding: Any = "VALID") -> Any:
-    """Max over each window; ``stride`` defaults to ``window`` (PyTorch)."""
-    x = jnp.asarray(x)
-    dims, strides, pads = _window(x, window, stride, padding, "max_pool")
-    return lax.reduce_window(x, -jnp.inf, lax.max, dims, strides, pads)
+def _valid_counts(sizes, window, stride, pads, out_sizes) -> np.ndarray:
+    """Number of non-padding positions in each window, shape ``(*out_spatial,)``."""
+    per_dim = []
+    for n, k, s, (lo, _), o in zip(sizes, window, stride, pads, out_sizes):
+        start = np.arange(o) * s - lo
+        per_dim.append(np.minimum(start + k, n) - np.maximum(start, 0))
+    counts = per_dim[0]
+    for c in per_dim[1:]:
+        counts = np.multiply.outer(counts, c)
+    return counts
 
 
-def avg_pool(x: Any, window: Any, stride: Any = None, padding: Any = "VALID",
-             count_include_pad: bool = True) -> Any:
-    """Mean over each window; ``stride`` defaults to ``window``.
+def window_pool(x, kind, window, stride=None, padding="VALID", count_include_pad=True, *,
+                where="pool"):
+    """Shared body of the windowed pools; ``kind`` is ``"max"``, ``"min"`` or ``"avg"``.
 
-    With ``count_include_pad=False`` padded positions are left out of the count.
+    ``where`` names the caller in error messages (a layer passes its own name).
     """
     x = jnp.asarray(x)
-    dims, strides, pads = _window(x, window, stride, padding, "avg_pool")
-    sums = lax.reduce_window(x, 0.0, lax.add, dims, strides, pads)
+    window, stride, pads, out_shape = pool_geometry(x.shape, window, stride, padding, where=where)
+    dims, strides = (1, *window, 1), (1, *stride, 1)
+    full_pads = ((0, 0), *pads, (0, 0))
+    if kind in ("max", "min"):
+        if jnp.issubdtype(x.dtype, jnp.floating):
+            init = jnp.inf if kind == "min" else -jnp.inf
+        else:
+            info = jnp.iinfo(x.dtype)
+            init = info.max if kind == "min" else info.min
+        op = lax.max if kind == "max" else lax.min
+        return lax.reduce_window(x, np.array(init, x.dtype), op, dims, strides, full_pads)
+    # Average: accumulate in at least float32 (bf16/f16 sums lose digits), then cast back.
+    out_dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
+    acc = jnp.promote_types(out_dtype, jnp.float32)
+    sums = lax.reduce_window(x.astype(acc), np.array(0, acc), lax.add, dims, strides, full_pads)
     if count_include_pad:
-        return sums / jnp.prod(jnp.array(dims))
-    ones = jnp.ones((1, *x.shape[1:-1], 1), x.dtype)
-    counts = lax.reduce_window(ones, 0.0, lax.add, dims, strides, pads)
-    return sums / counts
+        y = sums / float(np.prod(window))
+    else:
+        counts = _valid_counts(x.shape[1:-1], window, stride, pads, out_shape[1:-1])
+        y = sums / jnp.asarray(counts[None, ..., None], acc)
+    return y.astype(out_dtype)
+
+
+def max_pool(x: Any, window: Any, stride: Any = None, padding: Padding = "VALID") -> Any:
+    """Max over each window.
+
+    Args:
+      x: ``(N, *spatial, C)`` with 1 to 3 spatial dimensions.
+      window: int or one int per spatial dimension.
+      stride: defaults to ``window`` (a 2x2 window moves by 2).
+      padding: ``"VALID"`` (default), ``"SAME"``, ``"SAME_LOWER"``, an int, per-dimension
+        ints or ``(low, high)`` pairs. Padded positions never win (they are ``-inf``).
+
+    Returns:
+      ``(N, *out_spatial, C)`` with ``out = floor((n + low + high - window) / stride) + 1``.
+    """
+    return window_pool(x, "max", window, stride, padding, True, where="max_pool")
+
+
+def min_pool(x: Any, window: Any, stride: Any = None, padding: Padding = "VALID") -> Any:
+    """Min over each window; arguments and shapes as in ``max_pool``."""
+    return window_pool(x, "min", window, stride, padding, True, where="min_pool")
+
+
+def avg_pool(x: Any, window: Any, stride: Any = None, padding: Padding = "VALID",
+             count_include_pad: bool = True) -> Any:
+    """Mean over each window; arguments and shapes as in ``max_pool``.
+
+    Args:
+      count_include_pad: ``True`` (PyTorch's default) divides every window sum by
+        ``prod(window)``, counting padded zeros; ``False`` divides by the number
+        of input positions the window covers (TensorFlow's ``"SAME"`` average).
+
+    Integer inputs give float32 results; sums are accumulated in at least float32.
+    """
+    if not isinstance(count_include_pad, bool):
+        raise TypeError(f"avg_pool: count_include_pad must be a bool, got {count_include_pad!r}")
+    return window_pool(x, "avg", window, stride, padding, count_include_pad, where="avg_pool")
+
+
+def global_pool(x, kind, keepdims=False, *, where="global_pool"):
+    """Shared body of the global pools (``kind``: ``"max"`` or ``"avg"``)."""
+    x = jnp.asarray(x)
+    _check_rank(x.shape, where)
+    axes = tuple(range(1, x.ndim - 1))
+    if kind == "max":
+        return jnp.max(x, axis=axes, keepdims=keepdims)
+    out_dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
+    acc = jnp.promote_types(out_dtype, jnp.float32)
+    return jnp.mean(x.astype(acc), axis=axes, keepdims=keepdims).astype(out_dtype)
+
+
+def global_avg_pool(x: Any, keepdims: bool = False) -> Any:
+    """Mean over all spatial axes: ``(N, *spatial, C) -> (N, C)`` (or ``(N, 1, ..., 1, C)``)."""
+    return global_pool(x, "avg", keepdims, where="global_avg_pool")
+
+
+def global_max_pool(x: Any, keepdims: bool = False) -> Any:
+    """Max over all spatial axes: ``(N, *spatial, C) -> (N, C)`` (or ``(N, 1, ..., 1, C)``)."""
+    return global_pool(x, "max", keepdims, where="global_max_pool")
+
+
+def adaptive_output_shape(input_shape: Sequence[int], output_size: Any, *,
+                          where: str = "adaptive_pool") -> tuple[int, ...]:
+    """``(N, *spatial, C) -> (N, *output_size, C)``; ``None`` entries keep the input size."""
+    shape = tuple(input_shape)
+    nd = _check_rank(shape, where)
+    if isinstance(output_size, int) or output_size is None:
+        sizes = (output_size,) * nd
+    elif isinstance(output_size, Sequence) and not isinstance(output_size, str):
+        sizes = tuple(output_size)
+        if len(sizes) != nd:
+            raise ValueError(
+                f"{where}: output_size must be an int or a sequence of {nd} sizes for a "
+                f"{nd}-D input (shape {shape}), got {output_size!r}")
+    else:
+        raise TypeError(f"{where}: output_size must be an int or a sequence of ints, "
+                        f"got {output_size!r}")
+    out = []
+    for s, n in zip(sizes, shape[1:-1]):
+        if s is None:
+            out.append(n)
+        elif not isinstance(s, int) or isinstance(s, bool) or s <= 0:
+            raise ValueError(f"{where}: output_size entries must be positive ints (or None), "
+                             f"got {output_size!r}")
+        else:
+            out.append(s)
+    return (shape[0], *out, shape[-1])
+
+
+def adaptive_bins(n: int, out: int) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch's bins: ``start[i] = floor(i * n / out)``, ``end[i] = ceil((i + 1) * n / out)``."""
+    i = np.arange(out)
+    return (i * n) // out, -((-(i + 1) * n) // out)
+
+
+def adaptive_pool(x, output_size, kind, *, where="adaptive_pool"):
+    """Shared body of the adaptive pools (``kind``: ``"max"`` or ``"avg"``)."""
+    x = jnp.asarray(x)
+    out_shape = adaptive_output_shape(x.shape, output_size, where=where)
+    if kind == "avg":
+        out_dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
+        x = x.astype(jnp.promote_types(out_dtype, jnp.float32))
+    # Separable: reduce one spatial axis at a time. Each bin is gathered as a
+    # fixed-length row of indices; rows shorter than the longest bin repeat
+    # their last index (harmless for max) and are masked out of the mean.
+    for axis, (n, o) in enumerate(zip(x.shape[1:-1], out_shape[1:-1]), start=1):
+        if n == o:
+            continue
+        start, end = adaptive_bins(n, o)
+        length = int(np.max(end - start))
+        offsets = np.arange(length)
+        idx = np.minimum(start[:, None] + offsets, end[:, None] - 1)  # (o, length)
+        g = jnp.take(x, jnp.asarray(idx.reshape(-1)), axis=axis)
+        g = g.reshape(x.shape[:axis] + (o, length) + x.shape[axis + 1:])
+        if kind == "max":
+            x = jnp.max(g, axis=axis + 1)
+        else:
+            mask = (start[:, None] + offsets < end[:, None]).astype(np.float64)
+            weights = mask / (end - start)[:, None]
+            bshape = (1,) * axis + (o, length) + (1,) * (x.ndim - axis - 1)
+            x = jnp.sum(g * jnp.asarray(weights.reshape(bshape), g.dtype), axis=axis + 1)
+    return x.astype(out_dtype) if kind == "avg" else x
+
+
+def adaptive_avg_pool(x: Any, output_size: Any) -> Any:
+    """Average over PyTorch's adaptive bins (``adaptive_bins``) in each spatial dimension.
+
+    Args:
+      x: ``(N, *spatial, C)``.
+      output_size: int (every dimension), or one entry per spatial dimension;
+        ``None`` keeps that dimension's size. Sizes need not divide the input.
+
+    Returns:
+      ``(N, *output_size, C)``.
+    """
+    return adaptive_pool(x, output_size, "avg", where="adaptive_avg_pool")
+
+
+def adaptive_max_pool(x: Any, output_size: Any) -> Any:
+    """Max over PyTorch's adaptive bins; arguments and shapes as in ``adaptive_avg_pool``."""
+    return adaptive_pool(x, output_size, "max", where="adaptive_max_pool")

@@ -1,0 +1,264 @@
+"""PyTorch weights -> jaxconv params/state, from plain NumPy arrays (no torch import needed).
+
+Layouts (PyTorch -> jaxconv, channels-last):
+
+- ``Conv{1,2,3}d.weight`` ``(O, I // groups, *k)`` -> ``kernel`` ``(*k, I // groups, O)``
+  (``OIHW -> HWIO``).
+- ``ConvTranspose{1,2,3}d.weight`` ``(C, F // groups, *k)`` -> ``kernel``
+  ``(*k, F // groups, C)``: the layout of the convolution it transposes
+  (DESIGN.md section 2), the same axis permutation as for ``Conv``.
+- ``Linear.weight`` ``(out, in)`` -> ``kernel`` ``(in, out)``. When the Linear
+  follows ``torch.flatten`` of an NCHW feature map, its input columns are in
+  ``(C, H, W)`` order, while ``jaxconv.Flatten`` of NHWC gives ``(H, W, C)``
+  order: ``dense_kernel(w, flatten_from=(C, H, W))`` reorders the columns.
+- ``BatchNorm*d`` ``weight, bias, running_mean, running_var`` -> params
+  ``{"scale", "bias"}`` and state ``{"mean", "var"}`` (same momentum convention).
+- ``GroupNorm``/``LayerNorm`` (over channels) ``weight, bias`` -> ``{"scale", "bias"}``.
+
+``load_torch_state_dict(model, input_shape, state_dict)`` does all of this for a
+whole network, pairing jaxconv layers and PyTorch modules in order (or by an
+explicit mapping) and detecting the Flatten -> Dense case from the model's shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxconv.core import Layer
+
+
+def _array(value: Any, name: str) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor: accept it without importing torch
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _check_shape(value: np.ndarray, expected: Sequence[int], name: str) -> None:
+    if tuple(value.shape) != tuple(expected):
+        raise ValueError(f"convert: {name}: expected shape {tuple(expected)}, "
+                         f"got {tuple(value.shape)}")
+
+
+def _spatial_first(weight: Any, name: str) -> np.ndarray:
+    w = _array(weight, name)
+    if w.ndim not in (3, 4, 5):
+        raise ValueError(f"convert: {name}: expected a rank 3, 4 or 5 convolution weight "
+                         f"(O, I // groups, *kernel_size), got shape {tuple(w.shape)}")
+    return np.transpose(w, (*range(2, w.ndim), 1, 0))
+
+
+def conv_kernel(weight: Any, *, name: str = "conv weight") -> np.ndarray:
+    """``Conv*d.weight`` ``(O, I // groups, *k)`` -> jaxconv kernel ``(*k, I // groups, O)``."""
+    return _spatial_first(weight, name)
+
+
+def conv_transpose_kernel(weight: Any, *, name: str = "conv_transpose weight") -> np.ndarray:
+    """``ConvTranspose*d.weight`` ``(C, F // groups, *k)`` -> jaxconv kernel ``(*k, F // groups, C)``.
+
+    ``C`` is the transposed convolution's input channels and ``F`` its output
+    channels; the result is the kernel of the ``F -> C`` convolution whose
+    adjoint it is, which is what ``jaxconv.ops.conv_transpose`` takes.
+    """
+    return _spatial_first(weight, name)
+
+
+def dense_kernel(weight: Any, *, flatten_from: Sequence[int] | None = None,
+                 name: str = "linear weight") -> np.ndarray:
+    """``Linear.weight`` ``(out, in)`` -> jaxconv kernel ``(in, out)``.
+
+    Args:
+      weight: ``(out, in)``.
+      flatten_from: the PyTorch feature-map shape ``(C, *spatial)`` whose
+        ``torch.flatten`` fed this Linear (so ``in = C * prod(spatial)``). The
+        columns are then permuted from PyTorch's ``(C, *spatial)`` order to
+        jaxconv's ``(*spatial, C)`` order (``Flatten`` of channels-last input).
+    """
+    w = _array(weight, name)
+    if w.ndim != 2:
+        raise ValueError(f"convert: {name}: expected a rank-2 Linear weight (out, in), "
+                         f"got shape {tuple(w.shape)}")
+    if flatten_from is not None:
+        chw = tuple(int(d) for d in flatten_from)
+        if int(np.prod(chw)) != w.shape[1]:
+            raise ValueError(
+                f"convert: {name}: flatten_from={chw} has {int(np.prod(chw))} features, but "
+                f"the weight has {w.shape[1]} inputs (shape {tuple(w.shape)})")
+        w = w.reshape((w.shape[0], *chw))
+        w = np.transpose(w, (0, *range(2, w.ndim), 1)).reshape(w.shape[0], -1)
+    return w.T
+
+
+def batch_norm(weight: Any, bias: Any, running_mean: Any, running_var: Any, *,
+               name: str = "batch_norm") -> tuple[dict, dict]:
+    """``BatchNorm*d`` tensors -> ``(params, state)`` = ``({"scale", "bias"}, {"mean", "var"})``."""
+    arrays = [_array(v, f"{name}.{k}") for v, k in zip(
+        (weight, bias, running_mean, running_var), ("weight", "bias", "running_mean",
+                                                     "running_var"))]
+    c = arrays[2].shape
+    for a, k in zip(arrays, ("weight", "bias", "running_mean", "running_var")):
+        _check_shape(a, c, f"{name}.{k}")
+    return ({"scale": arrays[0], "bias": arrays[1]}, {"mean": arrays[2], "var": arrays[3]})
+
+
+# --------------------------------------------------------------------------
+# Whole networks.
+
+
+def _torch_modules(state_dict: Mapping[str, Any]) -> list[tuple[str, dict]]:
+    """Groups ``state_dict`` keys by module prefix, keeping PyTorch's order."""
+    modules: dict[str, dict] = {}
+    for key, value in state_dict.items():
+        prefix, _, leaf = key.rpartition(".")
+        if leaf == "num_batches_tracked":
+            continue
+        modules.setdefault(prefix, {})[leaf] = value
+    return list(modules.items())
+
+
+def _convert_leaf(path, layer_params, layer_state, prefix, tensors, flatten_from):
+    """Converts one PyTorch module's tensors to the structure of one jaxconv layer."""
+    tensors = dict(tensors)
+    used = set()
+
+    def take(key, expected, convert=lambda a: a, torch_shape=None):
+        name = f"{prefix}.{key}" if prefix else key
+        if key not in tensors:
+            raise ValueError(f"convert: jaxconv layer {path!r} needs torch tensor {name!r} "
+                             f"(shape {torch_shape or tuple(expected.shape)}); the module has "
+                             f"{sorted(tensors)}")
+        used.add(key)
+        raw = _array(tensors[key], name)
+        if torch_shape is not None and tuple(raw.shape) != tuple(torch_shape):
+            raise ValueError(
+                f"convert: {name}: expected shape {tuple(torch_shape)} (for jaxconv "
+                f"{path}, shape {tuple(expected.shape)}), got {tuple(raw.shape)}")
+        out = convert(raw)
+        _check_shape(out, expected.shape, f"{name} -> {path}")
+        return jnp.asarray(out, expected.dtype)
+
+    params, state = {}, {}
+    kernel = layer_params.get("kernel")
+    if kernel is not None and kernel.ndim >= 3:
+        k = kernel.shape
+        torch_shape = (k[-1], k[-2], *k[:-2])
+        params["kernel"] = take("weight", kernel, lambda a: conv_kernel(a, name=prefix),
+                                torch_shape)
+    elif kernel is not None:
+        if flatten_from is not None:
+            torch_shape = (kernel.shape[1], kernel.shape[0])
+            params["kernel"] = take("weight", kernel, lambda a: dense_kernel(
+                a, flatten_from=flatten_from, name=prefix), torch_shape)
+        else:
+            params["kernel"] = take("weight", kernel, lambda a: dense_kernel(a, name=prefix),
+                                    (kernel.shape[1], kernel.shape[0]))
+    elif "scale" in layer_params:
+        params["scale"] = take("weight", layer_params["scale"], torch_shape=layer_params[
+            "scale"].shape)
+    if "bias" in layer_params:
+        params["bias"] = take("bias", layer_params["bias"], torch_shape=layer_params["bias"].shape)
+    if "mean" in layer_state:
+        state["mean"] = take("running_mean", layer_state["mean"],
+                             torch_shape=layer_state["mean"].shape)
+        state["var"] = take("running_var", layer_state["var"], torch_shape=layer_state["var"].shape)
+    missing_p = set(layer_params) - set(params)
+    missing_s = set(layer_state) - set(state)
+    if missing_p or missing_s:
+        raise ValueError(f"convert: cannot fill {sorted(missing_p | missing_s)} of jaxconv layer "
+                         f"{path!r} from torch module {prefix!r}")
+    extra = set(tensors) - used
+    if extra:
+        raise ValueError(f"convert: torch module {prefix!r} has tensors {sorted(extra)} that "
+                         f"jaxconv layer {path!r} has no place for (use_bias?)")
+    return params, state
+
+
+def _set(tree: dict, path: str, value: Any) -> None:
+    keys = path.split("/")
+    for k in keys[:-1]:
+        tree = tree[k]
+    tree[keys[-1]] = value
+
+
+def load_torch_state_dict(model: Layer, input_shape: Sequence[int],
+                          state_dict: Mapping[str, Any],
+                          mapping: Mapping[str, str] | None = None,
+                          ) -> tuple[Any, Any]:
+    """Builds jaxconv ``(params, state)`` for ``model`` from a PyTorch ``state_dict``.
+
+    Args:
+      model: the jaxconv network matching the PyTorch one.
+      input_shape: jaxconv input shape ``(N, *spatial, C)`` (``N`` may be ``-1``).
+      state_dict: ``{name: array}``; NumPy arrays (or torch tensors, converted
+        with ``.numpy()``). ``num_batches_tracked`` entries are ignored.
+      mapping: ``{jaxconv_path: torch_module_prefix}`` (e.g.
+        ``{"conv0": "conv1", "dense0": "fc1"}``) for every jaxconv layer with
+        params or state; when ``None``, layers and modules are paired in order.
+
+    A ``Dense`` whose input comes from ``Flatten`` of a feature map gets its
+    columns permuted from PyTorch's ``(C, H, W)`` flatten order automatically.
+
+    Returns:
+      ``(params, state)`` with the structure, shapes and dtypes of ``model.init``.
+
+    Raises:
+      ValueError: on a missing/extra module or tensor, or a shape mismatch
+        (naming the tensor, the expected and the received shape).
+    """
+    from jaxconv.summary import _init_shapes, walk
+
+    _, like_params, like_state = _init_shapes(model, tuple(input_shape))
+    leaves, flatten_origin = [], None
+    for info in walk(model, tuple(input_shape)):
+        _, p, s = _init_shapes(info.layer, info.input_shape)
+        origin = None  # PyTorch's (C, *spatial) of a flattened feature map feeding a Dense
+        if info.layer.kind == "flatten" and len(info.input_shape) > 2:
+            flatten_origin = tuple(info.input_shape[1:])
+            continue
+        if jax.tree_util.tree_leaves((p, s)):
+            if flatten_origin is not None and "kernel" in p and p["kernel"].ndim == 2:
+                origin = (flatten_origin[-1], *flatten_origin[:-1])
+            leaves.append((info.path, p, s, origin))
+            flatten_origin = None
+        elif tuple(info.output_shape) != tuple(info.input_shape):
+            flatten_origin = None
+
+    modules = _torch_modules(state_dict)
+    if mapping is None:
+        if len(modules) != len(leaves):
+            raise ValueError(
+                f"convert: the jaxconv model has {len(leaves)} layers with weights "
+                f"{[p for p, *_ in leaves]}, but the state_dict has {len(modules)} modules "
+                f"{[m for m, _ in modules]}; pass mapping={{jaxconv_path: torch_prefix}}")
+        pairs = [(leaf, mod) for leaf, mod in zip(leaves, modules)]
+    else:
+        by_prefix = dict(modules)
+        paths = {leaf[0]: leaf for leaf in leaves}
+        unknown = set(mapping) - set(paths)
+        if unknown:
+            raise ValueError(f"convert: mapping names jaxconv layers {sorted(unknown)} that "
+                             f"have no weights; expected some of {sorted(paths)}")
+        unmapped = set(paths) - set(mapping)
+        if unmapped:
+            raise ValueError(f"convert: jaxconv layers {sorted(unmapped)} are missing from "
+                             "mapping")
+        pairs = []
+        for path, prefix in mapping.items():
+            if prefix not in by_prefix:
+                raise ValueError(f"convert: torch module {prefix!r} (for {path!r}) is not in "
+                                 f"the state_dict; it has {sorted(by_prefix)}")
+            pairs.append((paths[path], (prefix, by_prefix[prefix])))
+
+    params = jax.tree_util.tree_map(lambda a: None, like_params)
+    state = jax.tree_util.tree_map(lambda a: None, like_state)
+    for (path, p, s, origin), (prefix, tensors) in pairs:
+        new_p, new_s = _convert_leaf(path, p, s, prefix, tensors, origin)
+        if new_p:
+            _set(params, path, new_p)
+        if new_s:
+            _set(state, path, new_s)
+    return params, state

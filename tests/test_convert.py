@@ -1,0 +1,172 @@
+"""PyTorch -> jaxconv weight conversion: layouts, Flatten ordering, whole models, errors."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxconv as jc
+from jaxconv import convert
+from jaxconv.models import mnist_cnn
+
+
+@pytest.fixture(autouse=True)
+def full_float32_matmuls():
+    """GPUs would otherwise run float32 convolutions and matmuls in TF32."""
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
+def rand(*shape, seed=0):
+    return np.random.RandomState(seed).randn(*shape).astype(np.float32)
+
+
+def test_conv_kernel_layout_1d_2d_3d():
+    for k in [(3,), (3, 2), (3, 2, 4)]:
+        w = rand(5, 6, *k)  # (O, I, *k)
+        kern = convert.conv_kernel(w)
+        assert kern.shape == (*k, 6, 5)
+        idx = tuple(d - 1 for d in k)
+        assert kern[idx + (4, 2)] == w[(2, 4) + idx]
+
+
+def test_conv_matches_reference_direct_convolution():
+    # A float64 direct NCHW cross-correlation with the PyTorch weight, vs jaxconv's conv.
+    x, w, b = rand(2, 3, 6, 5, seed=1), rand(4, 3, 3, 2, seed=2), rand(4, seed=3)
+    ref = np.zeros((2, 4, 4, 4))
+    for i in range(4):
+        for j in range(4):
+            patch = x[:, :, i:i + 3, j:j + 2].astype(np.float64)
+            ref[:, :, i, j] = np.einsum("nchw,ochw->no", patch, w) + b
+    y = jc.ops.conv(x.transpose(0, 2, 3, 1), convert.conv_kernel(w), padding="VALID") + b
+    np.testing.assert_allclose(y, ref.transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_dense_kernel_and_flatten_order():
+    w = rand(7, 4 * 3 * 2)  # Linear(24 -> 7) after torch.flatten of (C=4, H=3, W=2)
+    fmap = rand(4, 3, 2, seed=5)
+    torch_out = w @ fmap.reshape(-1)
+    kern = convert.dense_kernel(w, flatten_from=(4, 3, 2))
+    jax_out = fmap.transpose(1, 2, 0).reshape(-1) @ kern  # jaxconv Flatten of (H, W, C)
+    np.testing.assert_allclose(jax_out, torch_out, rtol=1e-5)
+    np.testing.assert_array_equal(convert.dense_kernel(w), w.T)
+    with pytest.raises(ValueError, match=r"flatten_from=\(4, 3, 3\) has 36 features, but the "
+                                         r"weight has 24 inputs"):
+        convert.dense_kernel(w, flatten_from=(4, 3, 3))
+
+
+def test_batch_norm_conversion():
+    p, s = convert.batch_norm(np.ones(3), np.zeros(3), np.arange(3.0), np.full(3, 2.0))
+    assert set(p) == {"scale", "bias"} and set(s) == {"mean", "var"}
+    with pytest.raises(ValueError) as err:
+        convert.batch_norm(np.ones(3), np.zeros(4), np.zeros(3), np.ones(3), name="bn1")
+    assert "bn1.bias: expected shape (3,), got (4,)" in str(err.value)
+
+
+def test_load_state_dict_numpy_only_and_mismatches():
+    model = jc.serial(jc.Conv(4, 3, padding="VALID", impl="lax"), jc.BatchNorm(), jc.Relu(),
+                      jc.Flatten(), jc.Dense(3))
+    sd = {"0.weight": rand(4, 2, 3, 3), "0.bias": rand(4),
+          "1.weight": rand(4), "1.bias": rand(4), "1.running_mean": rand(4),
+          "1.running_var": np.abs(rand(4)) + 0.5, "1.num_batches_tracked": np.array(3),
+          "3.weight": rand(3, 4 * 2 * 2), "3.bias": rand(3)}
+    params, state = convert.load_torch_state_dict(model, (-1, 4, 4, 2), sd)
+    np.testing.assert_array_equal(params["conv0"]["kernel"], convert.conv_kernel(sd["0.weight"]))
+    np.testing.assert_array_equal(state["batch_norm0"]["var"], sd["1.running_var"])
+    np.testing.assert_array_equal(params["dense0"]["kernel"],
+                                  convert.dense_kernel(sd["3.weight"], flatten_from=(4, 2, 2)))
+    assert params["relu0"] == {} and params["conv0"]["kernel"].dtype == jnp.float32
+
+    bad = dict(sd, **{"0.weight": rand(4, 2, 5, 5)})
+    with pytest.raises(ValueError) as err:
+        convert.load_torch_state_dict(model, (-1, 4, 4, 2), bad)
+    msg = str(err.value)
+    assert "0.weight: expected shape (4, 2, 3, 3)" in msg and "got (4, 2, 5, 5)" in msg
+    assert "conv0" in msg
+
+    bad = dict(sd, **{"3.weight": rand(3, 10)})
+    with pytest.raises(ValueError, match=r"3.weight: expected shape \(3, 16\).*got \(3, 10\)"):
+        convert.load_torch_state_dict(model, (-1, 4, 4, 2), bad)
+    missing = {k: v for k, v in sd.items() if not k.startswith("3.")}
+    with pytest.raises(ValueError, match="has 3 layers with weights"):
+        convert.load_torch_state_dict(model, (-1, 4, 4, 2), missing)
+    with pytest.raises(ValueError, match=r"convert: torch module 'fc' \(for 'dense0'\) is not"):
+        convert.load_torch_state_dict(model, (-1, 4, 4, 2), sd, mapping={
+            "conv0": "0", "batch_norm0": "1", "dense0": "fc"})
+    with pytest.raises(ValueError, match=r"expected a rank 3, 4 or 5 convolution weight"):
+        convert.conv_kernel(rand(3, 3))
+
+
+def test_torch_mnist_cnn_outputs_match():
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    torch.manual_seed(0)
+
+    class Net(nn.Module):  # pytorch/examples mnist
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(1, 32, 3, 1), nn.Conv2d(32, 64, 3, 1)
+            self.dropout1, self.dropout2 = nn.Dropout(0.25), nn.Dropout(0.5)
+            self.fc1, self.fc2 = nn.Linear(9216, 128), nn.Linear(128, 10)
+
+        def forward(self, x):
+            x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+            x = self.dropout1(nn.functional.max_pool2d(x, 2))
+            x = self.dropout2(torch.relu(self.fc1(torch.flatten(x, 1))))
+            return self.fc2(x)
+
+    net = Net().eval()
+    model = mnist_cnn(impl="lax")
+    params, state = convert.load_torch_state_dict(
+        model, (-1, 28, 28, 1), net.state_dict(),
+        mapping={"conv0": "conv1", "conv1": "conv2", "dense0": "fc1", "dense1": "fc2"})
+    x = rand(3, 1, 28, 28, seed=4)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    y, _ = model.apply(params, state, x.transpose(0, 2, 3, 1))
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_conv_bn_net_with_running_stats():
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv1d(3, 6, 3, padding=1, bias=False), nn.BatchNorm1d(6), nn.ReLU(),
+                        nn.AdaptiveAvgPool1d(3), nn.Flatten(), nn.Linear(18, 4))
+    net.train()
+    for i in range(3):  # give BatchNorm non-trivial running statistics
+        net(torch.from_numpy(rand(5, 3, 7, seed=10 + i) * 2 + 1))
+    net.eval()
+    model = jc.serial(jc.Conv(6, 3, padding=1, use_bias=False, impl="lax"), jc.BatchNorm(),
+                      jc.Relu(), jc.AdaptiveAvgPool(3), jc.Flatten(), jc.Dense(4))
+    params, state = convert.load_torch_state_dict(model, (-1, 7, 3), net.state_dict())
+    x = rand(2, 3, 7, seed=20)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    y, _ = model.apply(params, state, x.transpose(0, 2, 1))
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_conv3d_and_conv_transpose_layouts():
+    torch = pytest.importorskip("torch")
+    x = rand(2, 2, 5, 4, 3, seed=6)
+    w = rand(3, 2, 3, 2, 2, seed=7)
+    expected = torch.nn.functional.conv3d(torch.from_numpy(x), torch.from_numpy(w)).numpy()
+    y = jc.ops.conv(x.transpose(0, 2, 3, 4, 1), convert.conv_kernel(w), padding="VALID")
+    np.testing.assert_allclose(y, expected.transpose(0, 2, 3, 4, 1), rtol=1e-4, atol=1e-5)
+
+    # ConvTranspose2d(C=3 -> F=4, k=3, stride=2, padding=1) is the adjoint of the
+    # F -> C convolution whose kernel (*k, F, C) the converted weight is.
+    xt = rand(2, 3, 4, 5, seed=8)
+    wt = rand(3, 4, 3, 3, seed=9)
+    expected = torch.nn.functional.conv_transpose2d(torch.from_numpy(xt), torch.from_numpy(wt),
+                                                    stride=2, padding=1).numpy()
+    kernel = convert.conv_transpose_kernel(wt)
+    assert kernel.shape == (3, 3, 4, 3)
+    out_hw = expected.shape[2:]
+    _, vjp = jax.vjp(lambda v: jc.ops.conv(v, kernel, stride=2, padding=1),
+                     jnp.zeros((2, *out_hw, 4)))
+    (y,) = vjp(jnp.asarray(xt.transpose(0, 2, 3, 1)))
+    np.testing.assert_allclose(y, expected.transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-5)
