@@ -70,8 +70,8 @@ def make_train_step(
 
     With ``steps_per_call=K > 1`` the batch arrays carry a leading axis of
     ``K`` mini-batches, the K updates run inside one compiled call, and the
-    metrics have shape ``(K,)`` (see ``run_steps`` for how: unrolled on CPU,
-    ``lax.scan`` elsewhere).
+    metrics have shape ``(K,)`` (see ``run_steps``: a ``lax.scan``, unrolled on
+    CPU when the step contains a convolution primitive).
     """
     if not isinstance(steps_per_call, int) or steps_per_call < 1:
         raise ValueError(f"make_train_step: steps_per_call must be an int >= 1, got {steps_per_call!r}")
@@ -100,23 +100,41 @@ def make_train_step(
     return jax.jit(step, donate_argnums=0)
 
 
+def contains_convolution(jaxpr: Any) -> bool:
+    """Whether a (closed) jaxpr or any jaxpr nested in it applies ``conv_general_dilated``."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            return True
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns") and contains_convolution(inner):
+                    return True
+    return False
+
+
 def run_steps(one_step: Callable, ts: Any, batch: Any, steps: int) -> tuple[Any, Any]:
-    """Runs ``steps`` updates inside one trace; metrics are stacked along a new axis.
+    """Runs ``steps`` updates of ``one_step`` in one trace; outputs are stacked on a new axis.
 
-    On XLA:CPU a convolution (or its gradient) inside a ``while`` loop body takes a
-    slow path (issue 6 measured a ``lax.scan`` over training steps 13x slower per
-    step than separate calls) -- so on the CPU backend the steps are unrolled in the
-    trace (compile time grows with ``steps``). Elsewhere (GPU, TPU) the steps run
-    in a ``lax.scan``, which compiles once and costs the same per step.
+    ``batch`` carries a leading axis of ``steps`` mini-batches. Normally the
+    steps run in a ``lax.scan`` (compiled once, whatever ``steps``). On the CPU
+    backend, a loop body containing a convolution primitive takes a slow path in
+    XLA:CPU (issue 6 measured a ``lax.scan`` over training steps 13x slower per
+    step than separate calls), so when one step applies ``conv_general_dilated``
+    (``impl="lax"``) the steps are unrolled in the trace instead: as fast per step
+    as separate calls, at the price of a compile time growing with ``steps``.
+    ``impl="patches"`` contains no convolution primitive and keeps the scan.
     """
-    if jax.default_backend() != "cpu":
-        return jax.lax.scan(one_step, ts, batch)
-    outputs = []
-    for i in range(steps):
-        ts, out = one_step(ts, jax.tree_util.tree_map(lambda a: a[i], batch))
-        outputs.append(out)
-    return ts, jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outputs)
-
+    if jax.default_backend() == "cpu":
+        first = jax.tree_util.tree_map(lambda a: a[0], batch)
+        if contains_convolution(jax.make_jaxpr(one_step)(ts, first)):
+            outputs = []
+            for i in range(steps):
+                ts, out = one_step(ts, jax.tree_util.tree_map(lambda a: a[i], batch))
+                outputs.append(out)
+            return ts, jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outputs)
+    return jax.lax.scan(one_step, ts, batch)
 
 def make_eval_step(model: Layer, loss_fn: LossFn = cross_entropy) -> Callable:
     """A jitted ``(params, state, images, labels, mask) -> (loss_sum, correct_sum)``."""

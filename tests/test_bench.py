@@ -18,7 +18,7 @@ from jaxconv import cli
 from jaxconv.bench import (Case, ConvShape, Stats, conv_bench_table, conv_cases,
                            markdown_table, measure_interleaved, parse_shape, ratio,
                            run_conv_bench)
-from jaxconv.train import run_steps
+from jaxconv.train import contains_convolution, run_steps
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "benchmarks"))
@@ -158,9 +158,10 @@ def test_cli_bench_rejects_bad_options(capsys):
     assert "--shape must be" in capsys.readouterr().err
 
 
-def test_run_steps_matches_separate_steps():
-    """K steps in one call (unrolled on CPU) == K separate steps, metrics stacked."""
-    model = jc.serial(jc.Conv(4, 3, impl="lax"), jc.Relu(), jc.Flatten(), jc.Dense(3))
+@pytest.mark.parametrize("impl", ["lax", "patches"])
+def test_run_steps_matches_separate_steps(impl):
+    """K steps in one call (unrolled for lax on CPU, scanned for patches) == K separate steps."""
+    model = jc.serial(jc.Conv(4, 3, impl=impl), jc.Relu(), jc.Flatten(), jc.Dense(3))
     opt = optax.sgd(0.1, momentum=0.9)
     key = jax.random.PRNGKey(0)
     xs = jax.random.normal(key, (3, 4, 5, 5, 2))
@@ -181,8 +182,8 @@ def test_run_steps_matches_separate_steps():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_run_steps_uses_no_loop_on_cpu():
-    """On CPU the K steps are unrolled: the jaxpr has no while/scan loop around the convolution."""
+def test_run_steps_unrolls_convolutions_on_cpu():
+    """On CPU a step with a convolution primitive is unrolled: no loop around the convolution."""
     def one_step(c, x):
         y = jax.lax.conv_general_dilated(x, c, (1,), "SAME")
         return c, jnp.sum(y)
@@ -193,3 +194,28 @@ def test_run_steps_uses_no_loop_on_cpu():
     assert jax.default_backend() == "cpu"
     assert "scan" not in names and "while" not in names
     assert sum(e.primitive.name == "conv_general_dilated" for e in jaxpr.jaxpr.eqns) == 3
+
+
+def test_run_steps_scans_convolution_free_steps():
+    """A step without a convolution primitive (impl='patches', dense nets) keeps the lax.scan."""
+    def one_step(c, x):
+        return c + 1.0, jnp.sum(x @ c)
+
+    jaxpr = jax.make_jaxpr(lambda c, xs: run_steps(one_step, c, xs, 4))(
+        jnp.ones((3, 3)), jnp.ones((4, 2, 3)))
+    names = [e.primitive.name for e in jaxpr.jaxpr.eqns]
+    assert "scan" in names and "dot_general" not in names
+
+
+def test_contains_convolution_sees_nested_jaxprs():
+    model = jc.serial(jc.Conv(2, 3, impl="lax"), jc.Flatten(), jc.Dense(2))
+    _, params, state = model.init(jax.random.PRNGKey(0), (-1, 4, 4, 1))
+
+    def loss(p, impl_model):
+        return jnp.sum(impl_model.apply(p, state, jnp.ones((1, 4, 4, 1)))[0])
+
+    grad_lax = jax.make_jaxpr(jax.jit(jax.grad(lambda p: loss(p, model))))(params)
+    assert contains_convolution(grad_lax)  # inside a pjit
+    patches = jc.serial(jc.Conv(2, 3, impl="patches"), jc.Flatten(), jc.Dense(2))
+    grad_patches = jax.make_jaxpr(jax.jit(jax.grad(lambda p: loss(p, patches))))(params)
+    assert not contains_convolution(grad_patches)
