@@ -310,24 +310,37 @@ def section_layer(args, log):
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y + params["bias"]
 
-    cases = []
+    cases, programs = [], {}
     for name, f in (("Conv layer", via_layer), ("raw lax.conv + bias", raw)):
         fwd = jax.jit(f)
         both = jax.jit(lambda p, x, f=f: jax.vjp(f, p, x)[1](g))
         cases.append(Case(f"{name} fwd", lambda fwd=fwd: fwd(params, x)))
         cases.append(Case(f"{name} fwd+bwd", lambda both=both: both(params, x)))
+        programs[name] = {"fwd": hlo_ops(fwd, params, x), "fwd+bwd": hlo_ops(both, params, x)}
     stats = measure_interleaved(cases, rounds=args.rounds, target_s=args.target, log=log)
     rows = []
     for mode in ("fwd", "fwd+bwd"):
         a, b = stats.get(f"Conv layer {mode}"), stats.get(f"raw lax.conv + bias {mode}")
         if a and b:
+            same = programs["Conv layer"][mode] == programs["raw lax.conv + bias"][mode]
             rows.append([mode, fmt(a.median * 1e3, 2), fmt(b.median * 1e3, 2),
-                         f"{a.median / b.median:.3f}", f"{a.spread:.0%} / {b.spread:.0%}"])
-    table = markdown_table(["pass", "Conv layer ms", "raw lax ms", "time ratio", "spread"], rows)
+                         f"{a.median / b.median:.3f}", f"{a.spread:.0%} / {b.spread:.0%}",
+                         "yes" if same else "no"])
+    table = markdown_table(["pass", "Conv layer ms", "raw lax ms", "time ratio", "spread",
+                            "same compiled ops"], rows)
     text = (f"`Conv` layer (impl lax) vs a bare `lax.conv_general_dilated` + bias "
             f"({n}x{size}x{size}x{cin} -> {cout}, 3x3 VALID):\n\n{table}")
     log(text)
     return text, {k: s.as_dict() for k, s in stats.items()}
+
+
+def hlo_ops(jitted, *args) -> list[str]:
+    """The sorted opcodes of a jitted function's optimized HLO (names and metadata dropped)."""
+    import re
+
+    text = jitted.lower(*args).compile().as_text()
+    ops = re.findall(r"=\s*[^\s]+\s+([a-z][a-z0-9_\-]*)\(", text)
+    return sorted(ops)
 
 
 def section_spc(args, log):
