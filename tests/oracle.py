@@ -153,10 +153,10 @@ def conv_vjp(x, w, ct, *, stride, pairs, dilation, groups, mode="zeros"):
 # conv_transpose (scatter form)
 
 
-def _transpose_frame(x_shape, window, stride, dilation, layout):
-    full = [(n - 1) * s + d * (k - 1) + 1 for n, k, s, d in
+def _transpose_frame(x_shape, window, stride, dilation):
+    """Size of the full scatter frame: every position some input and tap reaches."""
+    return [(n - 1) * s + d * (k - 1) + 1 for n, k, s, d in
             zip(x_shape[1:-1], window, stride, dilation)]
-    return full
 
 
 def _embed(full_arr, layout):
@@ -191,7 +191,7 @@ def conv_transpose(x, w, *, stride, layout, dilation, groups):
     window = w.shape[:nd]
     fg, c = w.shape[-2:]
     cg = c // groups
-    full = _transpose_frame(x.shape, window, stride, dilation, layout)
+    full = _transpose_frame(x.shape, window, stride, dilation)
     y = np.zeros((x.shape[0], *full, fg * groups))
     for j, sl in _taps(window, stride, dilation, x.shape[1:-1]):
         for g in range(groups):
@@ -207,7 +207,7 @@ def conv_transpose_vjp(x, w, ct, *, stride, layout, dilation, groups):
     window = w.shape[:nd]
     fg, c = w.shape[-2:]
     cg = c // groups
-    full = _transpose_frame(x.shape, window, stride, dilation, layout)
+    full = _transpose_frame(x.shape, window, stride, dilation)
     ct_full = _embed_adjoint(ct, full, layout)
     gx, gw = np.zeros_like(x), np.zeros_like(w)
     for j, sl in _taps(window, stride, dilation, x.shape[1:-1]):

@@ -12,18 +12,15 @@ from tests.contract import check_layer_contract, random_input
 
 
 @pytest.mark.parametrize("layer, shape, impl", [
-    (lambda i: jc.Conv(4, 3, impl=i), (2, 9, 3), "lax"),
     (lambda i: jc.Conv(4, 3, impl=i), (2, 9, 3), "auto"),
     (lambda i: jc.Conv(6, (3, 2), stride=2, padding="SAME_LOWER", dilation=(1, 2), groups=3,
                        padding_mode="reflect", impl=i), (2, 7, 8, 3), "patches"),
     (lambda i: jc.Conv(4, 2, padding=((1, 0), 1, (0, -1)), padding_mode="circular", impl=i),
-     (2, 4, 5, 3, 2), "patches"),
-    (lambda i: jc.ConvTranspose(4, 3, stride=2, padding=1, output_padding=1, impl=i),
-     (2, 5, 3), "lax"),
+     (2, 4, 5, 3, 2), "lax"),
     (lambda i: jc.ConvTranspose(6, (3, 3), stride=(2, 1), padding="SAME", dilation=2, groups=2,
                                 impl=i), (2, 4, 5, 4), "patches"),
     (lambda i: jc.ConvTranspose(2, 2, stride=2, padding="VALID", use_bias=False, impl=i),
-     (2, 3, 2, 3, 1), "patches"),
+     (2, 3, 2, 3, 1), "lax"),
 ])
 def test_layer_contract(layer, shape, impl):
     check_layer_contract(layer(impl), shape)
@@ -49,11 +46,12 @@ def test_bf16_compute_with_f32_params(factory):
     _, params, state = layer.init(jax.random.PRNGKey(0), (-1, 6, 6, 4))
     assert params["kernel"].dtype == jnp.float32 and params["bias"].dtype == jnp.float32
     x = random_input((2, 6, 6, 4))
-    y, _ = layer.apply(params, state, x)
+    y, _ = jax.jit(layer.apply)(params, state, x)
     assert y.dtype == jnp.bfloat16
     y32, _ = factory(8, 3, impl="lax").apply(params, state, x)
     np.testing.assert_allclose(np.asarray(y, np.float32), y32, rtol=5e-2, atol=5e-2)
-    grads = jax.grad(lambda p: jnp.sum(layer.apply(p, state, x)[0].astype(jnp.float32)))(params)
+    grads = jax.jit(jax.grad(
+        lambda p: jnp.sum(layer.apply(p, state, x)[0].astype(jnp.float32))))(params)
     assert grads["kernel"].dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(grads["kernel"])))
 
 
@@ -90,9 +88,8 @@ def test_port_pytorch_layers_by_axis_permutation():
     with jax.enable_x64(True):
         out_shape, p0, state = model.init(jax.random.PRNGKey(0), (-1, 11, 9, 3))
         assert jax.tree_util.tree_map(np.shape, p0) == jax.tree_util.tree_map(np.shape, params)
-        for impl_params in (params,):
-            y, _ = model.apply(jax.tree_util.tree_map(jnp.asarray, impl_params), state,
-                               jnp.asarray(x.transpose(0, 2, 3, 1)))
+        y, _ = jax.jit(model.apply)(jax.tree_util.tree_map(jnp.asarray, params), state,
+                                    jnp.asarray(x.transpose(0, 2, 3, 1)))
         assert y.shape == want.shape == (2, *out_shape[1:])
         np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
 

@@ -14,7 +14,7 @@ is a plain 2-D matmul (``dot_general``; a batched one over the groups when
 
 Memory: the patch tensor holds ``N * prod(out_spatial) * prod(kernel_size) * C``
 elements, i.e. ``prod(kernel_size) / prod(stride)`` times the input (9x for a
-3x3 stride-1 convolution: a batch of 128 28x28x32 float32 images gives a 115 MB
+3x3 stride-1 convolution: a batch of 128 28x28x32 float32 maps gives a 116 MB
 patch tensor). Exactly one is materialised per call; the backward pass
 materialises one more, of the output gradient.
 
@@ -162,6 +162,10 @@ def _conv_general_jvp(spec, primals, tangents):
 
 _conv_general.defjvp(_conv_general_jvp, symbolic_zeros=True)
 
+# One compiled computation per shape when called eagerly (instead of one per pad/slice);
+# inlined as a sub-computation under an outer jit.
+_conv_general_jit = jax.jit(_conv_general, static_argnums=2)
+
 
 def patches_conv_general(x: Any, kernel: Any, spec: ConvSpec) -> Any:
     """Evaluates a ``ConvSpec`` with patches + matmul (differentiable in both modes).
@@ -179,7 +183,7 @@ def patches_conv_general(x: Any, kernel: Any, spec: ConvSpec) -> Any:
     spec = spec._replace(
         strides=tuple(spec.strides), padding=tuple(map(tuple, spec.padding)),
         lhs_dilation=tuple(spec.lhs_dilation), rhs_dilation=tuple(spec.rhs_dilation))
-    return _conv_general(x, kernel, spec)
+    return _conv_general_jit(x, kernel, spec)
 
 
 def extract_patches(x: Any, kernel_size: Any, *, stride: Any = 1, padding: Padding = "VALID",
