@@ -217,3 +217,12 @@ def test_bad_input(call, words):
     with pytest.raises(ValueError) as err:
         call()
     assert words in str(err.value)
+
+
+def test_shared_bodies_reject_unknown_kind():
+    from jaxconv.ops.pool import adaptive_pool, global_pool, window_pool
+    x = np.zeros((1, 4, 4, 1))
+    for call in (lambda: window_pool(x, "sum", 2), lambda: global_pool(x, "min"),
+                 lambda: adaptive_pool(x, 2, "min")):
+        with pytest.raises(ValueError, match="kind must be"):
+            call()

@@ -86,6 +86,8 @@ def window_pool(x, kind, window, stride=None, padding="VALID", count_include_pad
 
     ``where`` names the caller in error messages (a layer passes its own name).
     """
+    if kind not in ("max", "min", "avg"):
+        raise ValueError(f"{where}: kind must be 'max', 'min' or 'avg', got {kind!r}")
     x = jnp.asarray(x)
     window, stride, pads, out_shape = pool_geometry(x.shape, window, stride, padding, where=where)
     dims, strides = (1, *window, 1), (1, *stride, 1)
@@ -149,6 +151,8 @@ def avg_pool(x: Any, window: Any, stride: Any = None, padding: Padding = "VALID"
 
 def global_pool(x, kind, keepdims=False, *, where="global_pool"):
     """Shared body of the global pools (``kind``: ``"max"`` or ``"avg"``)."""
+    if kind not in ("max", "avg"):
+        raise ValueError(f"{where}: kind must be 'max' or 'avg', got {kind!r}")
     x = jnp.asarray(x)
     _check_rank(x.shape, where)
     axes = tuple(range(1, x.ndim - 1))
@@ -205,6 +209,8 @@ def adaptive_bins(n: int, out: int) -> tuple[np.ndarray, np.ndarray]:
 
 def adaptive_pool(x, output_size, kind, *, where="adaptive_pool"):
     """Shared body of the adaptive pools (``kind``: ``"max"`` or ``"avg"``)."""
+    if kind not in ("max", "avg"):
+        raise ValueError(f"{where}: kind must be 'max' or 'avg', got {kind!r}")
     x = jnp.asarray(x)
     out_shape = adaptive_output_shape(x.shape, output_size, where=where)
     if kind == "avg":
