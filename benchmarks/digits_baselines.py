@@ -115,20 +115,6 @@ def table(baselines, runs) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str, path: str = os.path.join(HERE, "RESULTS.md")) -> None:
-    """Replaces (or appends) this benchmark's section of RESULTS.md, leaving the others alone."""
-    old = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    if HEADING in old:
-        head, rest = old.split(HEADING, 1)
-        nxt = rest.find("\n## ")
-        tail = rest[nxt + 1:] if nxt >= 0 else ""
-        new = head + text + ("\n" + tail if tail else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    with open(path, "w") as f:
-        f.write(new)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-cnn", action="store_true", help="only the scikit-learn baselines")
@@ -143,7 +129,9 @@ def main() -> int:
     text = table(baselines, runs)
     print(text)
     if args.write:
-        write_section(text)
+        from common import RESULTS_MD, write_section
+
+        write_section(RESULTS_MD, "digits", text)
     return 0
 
 

@@ -236,6 +236,35 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import jax
+
+    from jaxconv.bench import (DEFAULT_SHAPES, QUICK_SHAPES, conv_bench_table, parse_shape,
+                               run_conv_bench)
+
+    try:
+        shapes = [parse_shape(s) for s in args.shape] if args.shape else (
+            QUICK_SHAPES if args.quick else DEFAULT_SHAPES)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    impls = [i.strip() for i in args.impls.split(",") if i.strip()]
+    bad = [i for i in impls if i not in ("lax", "patches", "auto")]
+    if bad or not impls:
+        print(f"jaxconv bench: --impls must list lax, patches or auto, got {args.impls!r}",
+              file=sys.stderr)
+        return 2
+    modes = {"fwd": ("fwd",), "fwd+bwd": ("fwd+bwd",), "both": ("fwd", "fwd+bwd")}[args.mode]
+    print(f"jaxconv bench: conv {', '.join(impls)} ({args.dtype}), {', '.join(modes)}, "
+          f"median of {args.rounds} interleaved rounds; backend {jax.default_backend()} "
+          f"({jax.devices()[0].device_kind}), jax {jax.__version__}", flush=True)
+    rows = run_conv_bench(shapes, impls, dtype=args.dtype, modes=modes, rounds=args.rounds,
+                          target_s=0.05 if args.quick else 0.2,
+                          log=None if args.quiet else (lambda m: print(m, flush=True)))
+    print(conv_bench_table(rows, baseline=impls[0]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from jaxconv.models import MODELS
     from jaxconv.train import OPTIMIZERS, SCHEDULES
@@ -303,6 +332,20 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--seed", type=int, default=0)
     verify.add_argument("--quiet", action="store_true", help="no progress lines")
     verify.set_defaults(func=cmd_verify)
+
+    bench = sub.add_parser("bench", help="time the convolution implementations side by side "
+                                         "on this machine (forward, forward+backward)")
+    bench.add_argument("--impls", default="lax,patches,auto",
+                       help="comma-separated implementations; the first is the baseline")
+    bench.add_argument("--mode", default="both", choices=["fwd", "fwd+bwd", "both"])
+    bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    bench.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    bench.add_argument("--shape", action="append", default=None, metavar="N,H,CIN,COUT[,K[,PAD[,S]]]",
+                       help="a layer to time (repeatable); default: the MNIST CNN's layers "
+                            "and 64-256 channel layers")
+    bench.add_argument("--quick", action="store_true", help="tiny shapes, a smoke test")
+    bench.add_argument("--quiet", action="store_true", help="only the table")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

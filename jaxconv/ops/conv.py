@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -365,18 +366,22 @@ def _crop(x: Any, crops: Sequence[tuple[int, int]]) -> Any:
 def lax_conv_general(x: Any, kernel: Any, spec: ConvSpec) -> Any:
     """Evaluates a ``ConvSpec`` with ``lax.conv_general_dilated``.
 
-    Negative padding (a crop) is done with a slice, never passed to XLA: some
-    XLA:CPU versions abort (``Window dimensions do not match RHS shape``) on
-    convolutions that combine negative padding with input dilation. Without
-    input dilation the input is cropped; with it (``conv_transpose``, whose
-    window stride is 1) the output is cropped, which is the same.
+    Works around an XLA:CPU abort (``Window dimensions do not match RHS
+    shape`` in the algebraic simplifier, seen with jaxlib 0.10.2 on random
+    ``conv_transpose`` configurations): input dilation is done with a ``pad``
+    on CPU, and negative padding (a crop) with a slice, never passed to XLA.
+    Without input dilation the input is cropped; with it (``conv_transpose``,
+    whose window stride is 1) the output is cropped, which is the same.
     """
     nd = kernel.ndim - 2
     spans = [(k - 1) * d + 1 for k, d in zip(kernel.shape[:nd], spec.rhs_dilation)]
     dilated = [(n - 1) * a + 1 for n, a in zip(x.shape[1:-1], spec.lhs_dilation)]
-    if any(a > 1 for a in spec.lhs_dilation) and any(n < k for n, k in zip(dilated, spans)):
-        # XLA:CPU may swap the operands of a convolution whose kernel is larger than its
-        # input, and aborts when that convolution also has input dilation: dilate here.
+    if any(a > 1 for a in spec.lhs_dilation) and (
+            jax.default_backend() == "cpu" or any(n < k for n, k in zip(dilated, spans))):
+        # XLA's algebraic simplifier may swap the operands of a convolution whose kernel is
+        # larger than its input (on CPU also in the weight-gradient convolution, whose
+        # "kernel" is the output gradient) and aborts when that convolution has input
+        # dilation. So on CPU, and for small inputs elsewhere, dilate here with a pad.
         config = [(0, 0, 0)] + [(0, 0, a - 1) for a in spec.lhs_dilation] + [(0, 0, 0)]
         x = lax.pad(x, jnp.zeros((), x.dtype), config)
         spec = spec._replace(lhs_dilation=(1,) * nd)

@@ -1,0 +1,487 @@
+"""CPU benchmark: the MNIST CNN training step in jaxconv, Flax, PyTorch and plain JAX.
+
+Run from the repository root::
+
+    python benchmarks/cpu.py            # full run, writes the "cpu" section of RESULTS.md
+    python benchmarks/cpu.py --quick    # tiny sizes, a smoke test (writes nothing by default)
+
+Sections (``--sections``, comma-separated; default all):
+
+* ``step``: one training step of the MNIST CNN (28x28x1 -> Conv 32 3x3 VALID
+  -> ReLU -> Conv 64 3x3 VALID -> ReLU -> MaxPool 2 -> Dense 128 -> ReLU ->
+  Dense 10; batch 128; float32; Adam 1e-3; softmax cross-entropy) in jaxconv
+  (``impl`` lax, patches, auto), plain JAX with ``lax.conv_general_dilated``,
+  Flax linen and PyTorch eager (``torch.set_num_threads(cores)``). All cases
+  live in one process and are timed in interleaved rounds after a warm-up.
+* ``micro``: convolution forward and forward+backward, per implementation, for
+  the network's layer shapes and wider 64-256 channel layers (and PyTorch's
+  ``conv2d`` for reference).
+* ``layer``: the ``Conv`` layer (lax impl) against a bare
+  ``lax.conv_general_dilated`` call, forward and forward+backward.
+* ``spc``: ``make_train_step(steps_per_call=10)`` against ``steps_per_call=1``,
+  per step.
+* ``train``: wall time of ``python -m jaxconv train --no-progress`` for this
+  tree and for a baseline commit (default ``943fcf5``, the foundation),
+  alternated, in subprocesses.
+
+The network is the MNIST CNN of ``jaxconv.models.mnist_cnn`` without its
+dropout layer (the peers have none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+from common import Case, fmt, markdown_table, measure_interleaved, ratio  # noqa: E402
+
+NUM_CLASSES = 10
+
+
+# --------------------------------------------------------------------------
+# The network in every framework.
+
+
+def jaxconv_model(impl: str):
+    import jaxconv as jc
+
+    return jc.serial(
+        jc.Conv(32, 3, padding="VALID", impl=impl), jc.Relu(),
+        jc.Conv(64, 3, padding="VALID", impl=impl), jc.Relu(), jc.MaxPool(2),
+        jc.Flatten(), jc.Dense(128), jc.Relu(), jc.Dense(NUM_CLASSES))
+
+
+def raw_jax_init(key, size: int):
+    """Plain parameter dict for the same network (LeCun-normal kernels, zero biases)."""
+    import jax
+    import jax.numpy as jnp
+
+    flat = 64 * ((size - 4) // 2) ** 2
+    shapes = {"c1": (3, 3, 1, 32), "c2": (3, 3, 32, 64), "d1": (flat, 128), "d2": (128, NUM_CLASSES)}
+    init = jax.nn.initializers.lecun_normal()
+    keys = jax.random.split(key, len(shapes))
+    params = {}
+    for k, (name, shape) in zip(keys, shapes.items()):
+        params[name] = {"w": init(k, shape), "b": jnp.zeros(shape[-1])}
+    return params
+
+
+def raw_jax_apply(params, x):
+    """The network written directly with ``lax.conv_general_dilated``."""
+    import jax
+    from jax import lax
+
+    dn = ("NHWC", "HWIO", "NHWC")
+    for name in ("c1", "c2"):
+        x = lax.conv_general_dilated(x, params[name]["w"], (1, 1), "VALID", dimension_numbers=dn)
+        x = jax.nn.relu(x + params[name]["b"])
+    x = lax.reduce_window(x, -float("inf"), lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    x = x.reshape(x.shape[0], -1)
+    x = jax.nn.relu(x @ params["d1"]["w"] + params["d1"]["b"])
+    return x @ params["d2"]["w"] + params["d2"]["b"]
+
+
+def flax_module():
+    import flax.linen as nn
+
+    class MnistCNN(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Conv(32, (3, 3), padding="VALID")(x))
+            x = nn.relu(nn.Conv(64, (3, 3), padding="VALID")(x))
+            x = nn.max_pool(x, (2, 2), (2, 2))
+            x = x.reshape(x.shape[0], -1)
+            x = nn.relu(nn.Dense(128)(x))
+            return nn.Dense(NUM_CLASSES)(x)
+
+    return MnistCNN()
+
+
+def torch_model(size: int):
+    import torch
+
+    flat = 64 * ((size - 4) // 2) ** 2
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 32, 3), torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 64, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(flat, 128), torch.nn.ReLU(),
+        torch.nn.Linear(128, NUM_CLASSES))
+
+
+def functional_step(apply_fn, optimizer):
+    """A jitted, donating Adam step for ``apply_fn(params, x) -> logits`` (raw JAX, Flax)."""
+    import jax
+    import optax
+
+    def loss(params, x, y):
+        return optax.losses.softmax_cross_entropy_with_integer_labels(apply_fn(params, x), y).mean()
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, opt_state, x, y):
+        value, grads = jax.value_and_grad(loss)(params, x, y)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    return step
+
+
+class Holder:
+    """Carries a donated training state from call to call."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def training_cases(batch: int, size: int, impls, peers=True, log=print) -> list[Case]:
+    """One training-step ``Case`` per implementation, all on the same random batch."""
+    import jax
+    import numpy as np
+    import optax
+
+    import jaxconv as jc
+
+    rng = np.random.default_rng(0)
+    x_np = rng.random((batch, size, size, 1), dtype=np.float32)
+    y_np = rng.integers(0, NUM_CLASSES, batch).astype(np.int32)
+    x, y = jax.device_put(x_np), jax.device_put(y_np)
+    cases = []
+
+    for impl in impls:
+        model = jaxconv_model(impl)
+        opt = optax.adam(1e-3)
+        step = jc.make_train_step(model, opt)
+        holder = Holder(jc.create_train_state(model, jax.random.PRNGKey(0), (-1, size, size, 1), opt))
+
+        def run(step=step, holder=holder):
+            holder.value, _ = step(holder.value, (x, y))
+            return holder.value
+
+        cases.append(Case(f"jaxconv {impl}", run, items=batch))
+
+    if not peers:
+        return cases
+
+    def functional_case(name, apply_fn, params):
+        opt = optax.adam(1e-3)
+        step = functional_step(apply_fn, opt)
+        holder = Holder((params, opt.init(params)))
+
+        def run():
+            p, o, _ = step(*holder.value, x, y)
+            holder.value = (p, o)
+            return holder.value
+
+        return Case(name, run, items=batch)
+
+    cases.append(functional_case("JAX lax.conv (plain)", raw_jax_apply,
+                                 raw_jax_init(jax.random.PRNGKey(0), size)))
+    try:
+        module = flax_module()
+        variables = module.init(jax.random.PRNGKey(0), x[:1])
+        cases.append(functional_case("Flax linen", module.apply, variables))
+    except ImportError as exc:
+        log(f"  Flax skipped: {exc}")
+    try:
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        torch.manual_seed(0)
+        net = torch_model(size)
+        topt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        tx = torch.from_numpy(np.ascontiguousarray(x_np.transpose(0, 3, 1, 2)))
+        ty = torch.from_numpy(y_np.astype(np.int64))
+
+        def torch_run():
+            topt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(net(tx), ty)
+            loss.backward()
+            topt.step()
+            return loss
+
+        cases.append(Case(f"PyTorch eager ({torch.get_num_threads()} threads)", torch_run,
+                          sync=common.no_sync, items=batch))
+    except ImportError as exc:
+        log(f"  PyTorch skipped: {exc}")
+    return cases
+
+
+# --------------------------------------------------------------------------
+# Sections.
+
+
+def section_step(args, log):
+    impls = ["lax", "patches", "auto"]
+    cases = training_cases(args.batch, args.size, impls, log=log)
+    stats = measure_interleaved(cases, rounds=args.rounds, target_s=args.target, log=log)
+    peers = {"PyTorch": next((s for n, s in stats.items() if n.startswith("PyTorch")), None),
+             "Flax": stats.get("Flax linen"), "plain lax": stats.get("JAX lax.conv (plain)")}
+    rows = []
+    for name, s in stats.items():
+        rows.append([name, fmt(s.rate), fmt(s.median * 1e3, 1), f"{s.spread:.0%}"]
+                    + [ratio(s.rate, p.rate) if p else "-" for p in peers.values()])
+    table = markdown_table(["implementation", "images/s", "ms/step", "spread"]
+                           + [f"vs {p}" for p in peers], rows)
+    text = (f"MNIST CNN training step (batch {args.batch}, {args.size}x{args.size}x1, float32, "
+            f"Adam), median of {args.rounds} interleaved rounds:\n\n{table}")
+    log(text)
+    return text, {n: s.as_dict() for n, s in stats.items()}
+
+
+def section_micro(args, log):
+    from jaxconv.bench import DEFAULT_SHAPES, QUICK_SHAPES, conv_bench_table, run_conv_bench
+
+    shapes = QUICK_SHAPES if args.quick else DEFAULT_SHAPES
+    rows = run_conv_bench(shapes, ("lax", "patches", "auto"), rounds=args.rounds,
+                          target_s=args.target, log=log)
+    torch_rows = torch_conv_rows(shapes, args.rounds, args.target, log)
+    table = conv_bench_table(rows + torch_rows)
+    text = (f"Convolution micro-benchmarks (float32; fwd+bwd = gradients for input and kernel; "
+            f"median of {args.rounds} interleaved rounds):\n\n{table}")
+    log(text)
+    return text, [{"shape": r["shape"].label, "impl": r["impl"], "mode": r["mode"],
+                   **r["stats"].as_dict()} for r in rows + torch_rows]
+
+
+def torch_conv_rows(shapes, rounds, target, log):
+    """PyTorch ``conv2d`` (NCHW) on the same shapes, as extra rows of the micro table."""
+    try:
+        import torch
+    except ImportError:
+        return []
+    from jaxconv.bench import measure_interleaved as measure
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    rows = []
+    for shape in shapes:
+        x = torch.randn(shape.batch, shape.c_in, shape.size, shape.size, requires_grad=True)
+        w = torch.randn(shape.c_out, shape.c_in, shape.k, shape.k, requires_grad=True)
+        pad = 0 if shape.padding == "VALID" else shape.k // 2
+        g = torch.randn(shape.batch, shape.c_out, shape.out_size, shape.out_size)
+
+        def fwd(x=x, w=w, pad=pad, stride=shape.stride):
+            with torch.no_grad():
+                return torch.nn.functional.conv2d(x, w, padding=pad, stride=stride)
+
+        def both(x=x, w=w, g=g, pad=pad, stride=shape.stride):
+            return torch.autograd.grad(
+                torch.nn.functional.conv2d(x, w, padding=pad, stride=stride), (x, w), g)
+
+        cases = [Case(f"{shape.label} torch fwd", fwd, sync=common.no_sync, items=shape.batch,
+                      flops=shape.flops),
+                 Case(f"{shape.label} torch fwd+bwd", both, sync=common.no_sync,
+                      items=shape.batch, flops=3 * shape.flops)]
+        stats = measure(cases, rounds=rounds, target_s=target, log=log)
+        for mode in ("fwd", "fwd+bwd"):
+            s = stats.get(f"{shape.label} torch {mode}")
+            if s:
+                rows.append({"shape": shape, "impl": "torch", "mode": mode, "stats": s,
+                             "gflops": s.flops_rate / 1e9})
+    return rows
+
+
+def section_layer(args, log):
+    """Must show 3: the Conv layer (lax) against a bare lax.conv_general_dilated call."""
+    import jax
+    from jax import lax
+
+    import jaxconv as jc
+
+    n, size, cin, cout = (args.batch, args.size - 2, 32, 64)
+    key = jax.random.PRNGKey(0)
+    x = jax.random.normal(key, (n, size, size, cin))
+    layer = jc.Conv(cout, 3, padding="VALID", impl="lax")
+    _, params, state = layer.init(key, x.shape)
+    g = jax.random.normal(key, (n, size - 2, size - 2, cout))
+
+    def via_layer(params, x):
+        return layer.apply(params, state, x)[0]
+
+    def raw(params, x):
+        y = lax.conv_general_dilated(x, params["kernel"], (1, 1), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + params["bias"]
+
+    cases, programs = [], {}
+    for name, f in (("Conv layer", via_layer), ("raw lax.conv + bias", raw)):
+        fwd = jax.jit(f)
+        both = jax.jit(lambda p, x, f=f: jax.vjp(f, p, x)[1](g))
+        cases.append(Case(f"{name} fwd", lambda fwd=fwd: fwd(params, x)))
+        cases.append(Case(f"{name} fwd+bwd", lambda both=both: both(params, x)))
+        programs[name] = {"fwd": hlo_ops(fwd, params, x), "fwd+bwd": hlo_ops(both, params, x)}
+    stats = measure_interleaved(cases, rounds=args.rounds, target_s=args.target, log=log)
+    rows = []
+    for mode in ("fwd", "fwd+bwd"):
+        a, b = stats.get(f"Conv layer {mode}"), stats.get(f"raw lax.conv + bias {mode}")
+        if a and b:
+            same = programs["Conv layer"][mode] == programs["raw lax.conv + bias"][mode]
+            rows.append([mode, fmt(a.median * 1e3, 2), fmt(b.median * 1e3, 2),
+                         f"{a.median / b.median:.3f}", f"{a.spread:.0%} / {b.spread:.0%}",
+                         "yes" if same else "no"])
+    table = markdown_table(["pass", "Conv layer ms", "raw lax ms", "time ratio", "spread",
+                            "same compiled ops"], rows)
+    text = (f"`Conv` layer (impl lax) vs a bare `lax.conv_general_dilated` + bias "
+            f"({n}x{size}x{size}x{cin} -> {cout}, 3x3 VALID):\n\n{table}")
+    log(text)
+    return text, {k: s.as_dict() for k, s in stats.items()}
+
+
+def hlo_ops(jitted, *args) -> list[str]:
+    """The sorted opcodes of a jitted function's optimized HLO (names and metadata dropped)."""
+    import re
+
+    text = jitted.lower(*args).compile().as_text()
+    ops = re.findall(r"=\s*[^\s]+\s+([a-z][a-z0-9_\-]*)\(", text)
+    return sorted(ops)
+
+
+def section_spc(args, log):
+    """Must show 2: steps_per_call=10 against 1, per step."""
+    import jax
+    import numpy as np
+    import optax
+
+    import jaxconv as jc
+
+    k = 10
+    rng = np.random.default_rng(0)
+    xs = jax.device_put(rng.random((k, args.batch, args.size, args.size, 1), dtype=np.float32))
+    ys = jax.device_put(rng.integers(0, NUM_CLASSES, (k, args.batch)).astype(np.int32))
+    cases = []
+    for impl in args.spc_impls:
+        for spc in (1, k):
+            model = jaxconv_model(impl)
+            opt = optax.adam(1e-3)
+            step = jc.make_train_step(model, opt, steps_per_call=spc)
+            holder = Holder(jc.create_train_state(model, jax.random.PRNGKey(0),
+                                                  (-1, args.size, args.size, 1), opt))
+            batch = (xs, ys) if spc > 1 else (xs[0], ys[0])
+            start = time.perf_counter()
+            holder.value, _ = step(holder.value, batch)
+            jax.block_until_ready(holder.value)
+            log(f"  {impl} steps_per_call={spc}: first call (compile) {time.perf_counter() - start:.1f} s")
+
+            def run(step=step, holder=holder, batch=batch):
+                holder.value, _ = step(holder.value, batch)
+                return holder.value
+
+            cases.append(Case(f"{impl} spc={spc}", run, items=args.batch * spc))
+    stats = measure_interleaved(cases, rounds=args.rounds, target_s=args.target, log=log)
+    rows = []
+    for impl in args.spc_impls:
+        one, ten = stats.get(f"{impl} spc=1"), stats.get(f"{impl} spc={k}")
+        if one and ten:
+            per1, per10 = one.median, ten.median / k
+            rows.append([impl, fmt(per1 * 1e3, 1), fmt(per10 * 1e3, 1), f"{per10 / per1:.3f}",
+                         f"{one.spread:.0%} / {ten.spread:.0%}"])
+    table = markdown_table(["impl", "ms/step (K=1)", f"ms/step (K={k})", "ratio K=10 / K=1",
+                            "spread"], rows)
+    text = (f"`make_train_step(steps_per_call=K)`, MNIST CNN, batch {args.batch}, per step:\n\n"
+            f"{table}")
+    log(text)
+    return text, {n: s.as_dict() for n, s in stats.items()}
+
+
+def section_train(args, log):
+    """Must show 4: `jaxconv train` wall time, this tree against a baseline commit."""
+    repo = common.REPO_ROOT
+    trees = {"this tree": repo}
+    tmp = tempfile.mkdtemp(prefix="jaxconv-baseline-")
+    try:
+        base_dir = os.path.join(tmp, "src")
+        os.makedirs(base_dir)
+        archive = subprocess.run(["git", "-C", repo, "archive", args.baseline],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", base_dir], input=archive, check=True)
+        trees[f"baseline {args.baseline}"] = base_dir
+    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+        log(f"  baseline {args.baseline} unavailable ({exc}); timing this tree only")
+    extra = ["--epochs", "1"] if args.quick else []
+    times = {name: [] for name in trees}
+    try:
+        for _ in range(args.train_repeats):
+            for name, tree in trees.items():
+                out = os.path.join(tmp, "runs", name.replace(" ", "_"))
+                env = dict(os.environ, PYTHONPATH=tree)
+                start = time.perf_counter()
+                proc = subprocess.run([sys.executable, "-m", "jaxconv", "train", "--no-progress",
+                                       "--out", out, *extra], cwd=tree, env=env,
+                                      capture_output=True, text=True)
+                elapsed = time.perf_counter() - start
+                if proc.returncode != 0:
+                    log(f"  {name}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
+                    continue
+                times[name].append(elapsed)
+                last = [ln for ln in proc.stdout.splitlines() if "final test accuracy" in ln]
+                log(f"  {name}: {elapsed:.1f} s  {last[0] if last else ''}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    rows = [[name, fmt(statistics.median(v), 1) if v else "-",
+             " ".join(f"{t:.1f}" for t in v)] for name, v in times.items()]
+    table = markdown_table(["tree", "wall s (median)", "runs"], rows)
+    text = (f"`python -m jaxconv train --no-progress` (digits, digits_cnn, 15 epochs"
+            f"{', --epochs 1' if args.quick else ''}), alternated runs:\n\n{table}")
+    log(text)
+    return text, times
+
+
+SECTIONS = {"step": section_step, "micro": section_micro, "layer": section_layer,
+            "spc": section_spc, "train": section_train}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds")
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--baseline", default="943fcf5", help="commit for the train section")
+    parser.add_argument("--train-repeats", type=int, default=None)
+    parser.add_argument("--results", default=common.RESULTS_MD, help="markdown file to update")
+    parser.add_argument("--no-write", action="store_true", help="do not update the results file")
+    parser.add_argument("--json", default=None, help="also write raw timings here (JSON lines)")
+    args = parser.parse_args(argv)
+
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s) {unknown}; expected some of {list(SECTIONS)}")
+    args.rounds = args.rounds or (2 if args.quick else 7)
+    args.batch = args.batch or (8 if args.quick else 128)
+    args.size = 12 if args.quick else 28
+    args.target = 0.02 if args.quick else 0.3
+    args.train_repeats = args.train_repeats or (1 if args.quick else 3)
+    args.spc_impls = ["auto"] if args.quick else ["auto", "lax", "patches"]
+
+    info = common.machine_info()
+    log = functools.partial(print, flush=True)
+    log(common.describe_machine(info))
+    partial = common.PartialLog(args.json)
+    texts = []
+    for name in sections:
+        result = common.run_section(name, lambda name=name: SECTIONS[name](args, log), log)
+        if result is not None:
+            text, raw = result
+            texts.append(text)
+            partial.write(name, {"raw": raw})
+    if args.no_write or args.quick:
+        log("\n(results file not updated: --quick or --no-write)")
+        return 0
+    body = (f"## CPU: MNIST CNN and convolutions (`benchmarks/cpu.py`)\n\n"
+            f"{common.describe_machine(info)}\n\n" + "\n\n".join(texts))
+    common.write_section(args.results, "cpu", body)
+    log(f"\nwrote the 'cpu' section of {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

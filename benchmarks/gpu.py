@@ -1,0 +1,599 @@
+"""GPU benchmark: ResNet-9 training on one accelerator, jaxconv against Flax and PyTorch.
+
+One run measures, in this order (each section under its own time cap, the
+whole run under ``--budget`` seconds, and a crash in one section never stops
+the others):
+
+1. ``ceilings``: the bf16 matmul rate (TFLOP/s of a large ``jnp.dot``) and the
+   device copy bandwidth: the hardware limits the other numbers are read against.
+2. ``main``: the ResNet-9 training step (batch 512, random 32x32x3 data, SGD
+   Nesterov momentum 0.9, softmax cross-entropy) in bf16 compute with float32
+   parameters, interleaved: jaxconv ``impl`` lax / patches / auto
+   (``jaxconv.models.resnet9``), Flax linen (the same network, defined here)
+   and PyTorch eager (channels_last, bf16 autocast).
+3. ``spc``: jaxconv ``steps_per_call`` 10 against 1 (bf16, lax and patches).
+4. ``f32``: jaxconv in float32 (lax, patches).
+5. ``micro``: ResNet-9's convolution layers alone, bf16, both impls, forward
+   and forward+backward.
+6. ``compile``: PyTorch ``torch.compile`` (last: its compile time is the least
+   predictable).
+
+Prints a table (images/s, TFLOP/s, fraction of the measured matmul rate,
+ratios to each peer), writes the ``gpu`` section of ``benchmarks/RESULTS.md``
+and, with ``--out DIR``, everything as it goes into ``DIR``
+(``gpu_partial.jsonl``, ``gpu_section.md``, ``RESULTS.md``), so that a run cut
+off by a time limit still leaves its data.
+
+Runs from the repository root without installing jaxconv::
+
+    PYTHONPATH=. python3 benchmarks/gpu.py --out $OUT     # on the GPU (see run_gpu.sh)
+    python benchmarks/gpu.py --quick                      # tiny sizes, CPU smoke test
+
+Flax and PyTorch are optional: missing ones are skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+import traceback
+
+# JAX must not grab most of the GPU memory at start-up: PyTorch shares the device.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+from common import Case, fmt, markdown_table, measure_interleaved, ratio  # noqa: E402
+
+NUM_CLASSES = 10
+LR = 0.01
+
+
+class Run:
+    """The run's configuration, clock, logs and accumulated results."""
+
+    def __init__(self, args):
+        self.args = args
+        self.start = time.perf_counter()
+        self.partial = common.PartialLog(os.path.join(args.out, "gpu_partial.jsonl")
+                                         if args.out else None)
+        self.results: dict[str, dict] = {}  # row name -> {"stats": Stats, "note": str, ...}
+        self.notes: list[str] = []
+        self.ceilings: dict[str, float] = {}
+        self.micro_rows: list = []
+        self.extra_tables: list[str] = []
+
+    def remaining(self) -> float:
+        return self.args.budget - (time.perf_counter() - self.start)
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.perf_counter() - self.start:6.1f}s] {msg}", flush=True)
+
+    def note(self, msg: str) -> None:
+        self.notes.append(msg)
+        self.log(msg)
+
+    def record(self, name: str, stats, **extra) -> None:
+        self.results[name] = {"stats": stats, **extra}
+        self.partial.write("result", {**stats.as_dict(), **{k: str(v) for k, v in extra.items()}})
+
+
+# --------------------------------------------------------------------------
+# Work counts.
+
+
+def resnet9_conv_layers(size: int, width: int):
+    """``(label, spatial size, c_in, c_out)`` of ResNet-9's 3x3 convolutions, in order."""
+    w = width
+    return [("prep", size, 3, w), ("layer1", size, w, 2 * w),
+            ("res1a", size // 2, 2 * w, 2 * w), ("res1b", size // 2, 2 * w, 2 * w),
+            ("layer2", size // 2, 2 * w, 4 * w), ("layer3", size // 4, 4 * w, 8 * w),
+            ("res3a", size // 8, 8 * w, 8 * w), ("res3b", size // 8, 8 * w, 8 * w)]
+
+
+def resnet9_train_flops(size: int, width: int) -> float:
+    """FLOPs of one training step per image: 3x the forward convolutions and classifier."""
+    fwd = sum(2.0 * s * s * 9 * ci * co for _, s, ci, co in resnet9_conv_layers(size, width))
+    fwd += 2.0 * 8 * width * NUM_CLASSES
+    return 3 * fwd
+
+
+# --------------------------------------------------------------------------
+# Ceilings.
+
+
+def section_ceilings(run: Run):
+    import jax
+    import jax.numpy as jnp
+
+    n = 256 if run.args.quick else 8192
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.bfloat16)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.bfloat16)
+    mm = jax.jit(lambda a, b: a @ b)  # bf16 in and out, f32 accumulation
+    elems = (1 << 16) if run.args.quick else (1 << 28)  # 512 MiB of float16 per buffer
+    src = jnp.ones((elems,), jnp.float16)
+    copy = jax.jit(lambda x: x + 1)  # one read and one write (x * 1 would be simplified away)
+    cases = [Case(f"bf16 matmul {n}^3", lambda: mm(a, b), flops=2.0 * n ** 3),
+             Case(f"copy {elems * 2 >> 20} MiB", lambda: copy(src), flops=0.0, items=2.0 * elems * 2)]
+    stats = measure_interleaved(cases, rounds=5, warmup=2, target_s=0.1 if run.args.quick else 0.3,
+                                time_cap_s=30, log=run.log)
+    for s in stats.values():
+        run.partial.write("ceilings", s.as_dict())
+    mm_s = stats.get(cases[0].name)
+    cp_s = stats.get(cases[1].name)
+    if mm_s:
+        run.ceilings["matmul_tflops"] = mm_s.flops_rate / 1e12
+    if cp_s:
+        run.ceilings["copy_gbs"] = cp_s.rate / 1e9  # items = bytes moved (read + write)
+    run.log(f"ceilings: bf16 matmul {run.ceilings.get('matmul_tflops', float('nan')):.1f} TFLOP/s, "
+            f"copy {run.ceilings.get('copy_gbs', float('nan')):.0f} GB/s (read + write)")
+
+
+# --------------------------------------------------------------------------
+# The networks.
+
+
+class Holder:
+    """Carries a donated training state from call to call."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def make_data(run: Run, k: int = 1):
+    import jax
+    import numpy as np
+
+    a = run.args
+    rng = np.random.default_rng(0)
+    shape = (k, a.batch, a.size, a.size, 3) if k > 1 else (a.batch, a.size, a.size, 3)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    y = rng.integers(0, NUM_CLASSES, shape[:-3]).astype(np.int32)
+    return jax.device_put(x), jax.device_put(y)
+
+
+def f32_cross_entropy(logits, labels):
+    import jax.numpy as jnp
+
+    import jaxconv as jc
+
+    return jc.cross_entropy(logits.astype(jnp.float32), labels)
+
+
+def jaxconv_case(run: Run, impl: str, dtype_name: str, spc: int = 1, data=None):
+    """A Case for jaxconv's ResNet-9 training step (first call = compile, done here)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import jaxconv as jc
+    from jaxconv.models import resnet9
+
+    a = run.args
+    dtype = {"bf16": jnp.bfloat16, "f32": None}[dtype_name]
+    model = resnet9(width=a.width, impl=impl, dtype=dtype)
+    opt = optax.sgd(LR, momentum=0.9, nesterov=True)
+    step = jc.make_train_step(model, opt, f32_cross_entropy, steps_per_call=spc)
+    holder = Holder(jc.create_train_state(model, jax.random.PRNGKey(0), (-1, a.size, a.size, 3), opt))
+    x, y = data if data is not None else make_data(run, spc)
+    t0 = time.perf_counter()
+    holder.value, _ = step(holder.value, (x, y))
+    jax.block_until_ready(holder.value)
+    run.log(f"  jaxconv {impl} {dtype_name} spc={spc}: first call (trace + compile) "
+            f"{time.perf_counter() - t0:.1f} s")
+
+    def go():
+        holder.value, _ = step(holder.value, (x, y))
+        return holder.value
+
+    return Case(f"jaxconv {impl} {dtype_name}" + (f" spc={spc}" if spc > 1 else ""), go,
+                items=a.batch * spc, flops=resnet9_train_flops(a.size, a.width) * a.batch * spc)
+
+
+def flax_case(run: Run, dtype_name: str = "bf16"):
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    a = run.args
+    dtype = {"bf16": jnp.bfloat16, "f32": jnp.float32}[dtype_name]
+
+    class ConvBN(nn.Module):
+        features: int
+
+        @nn.compact
+        def __call__(self, x, train):
+            x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, dtype=dtype,
+                        param_dtype=jnp.float32)(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                             dtype=dtype, param_dtype=jnp.float32)(x)
+            return nn.relu(x)
+
+    class ResNet9(nn.Module):
+        width: int
+
+        @nn.compact
+        def __call__(self, x, train=True):
+            w = self.width
+            pool = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2))
+            x = ConvBN(w)(x, train)
+            x = pool(ConvBN(2 * w)(x, train))
+            x = x + ConvBN(2 * w)(ConvBN(2 * w)(x, train), train)
+            x = pool(ConvBN(4 * w)(x, train))
+            x = pool(ConvBN(8 * w)(x, train))
+            x = x + ConvBN(8 * w)(ConvBN(8 * w)(x, train), train)
+            x = jnp.max(x, axis=(1, 2))
+            x = nn.Dense(NUM_CLASSES, use_bias=False, dtype=dtype, param_dtype=jnp.float32)(x)
+            return x * 0.125
+
+    module = ResNet9(a.width)
+    x, y = make_data(run)
+    variables = module.init(jax.random.PRNGKey(0), x[:1], train=False)
+    opt = optax.sgd(LR, momentum=0.9, nesterov=True)
+
+    def loss_fn(params, stats, x, y):
+        logits, new = module.apply({"params": params, "batch_stats": stats}, x, train=True,
+                                   mutable=["batch_stats"])
+        return f32_cross_entropy(logits, y), new["batch_stats"]
+
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def step(carry, x, y):
+        params, stats, opt_state = carry
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, x, y)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), stats, opt_state), loss
+
+    params = variables["params"]
+    holder = Holder((params, variables["batch_stats"], opt.init(params)))
+    t0 = time.perf_counter()
+    holder.value, _ = step(holder.value, x, y)
+    jax.block_until_ready(holder.value)
+    run.log(f"  Flax {dtype_name}: first call {time.perf_counter() - t0:.1f} s")
+
+    def go():
+        holder.value, _ = step(holder.value, x, y)
+        return holder.value
+
+    return Case(f"Flax linen {dtype_name}", go, items=a.batch,
+                flops=resnet9_train_flops(a.size, a.width) * a.batch)
+
+
+def torch_net(width: int):
+    import torch
+    from torch import nn
+
+    def block(ci, co):
+        return nn.Sequential(nn.Conv2d(ci, co, 3, padding=1, bias=False), nn.BatchNorm2d(co),
+                             nn.ReLU(inplace=True))
+
+    class Residual(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.body = nn.Sequential(block(c, c), block(c, c))
+
+        def forward(self, x):
+            return x + self.body(x)
+
+    class ResNet9(nn.Module):
+        def __init__(self, w):
+            super().__init__()
+            self.features = nn.Sequential(
+                block(3, w),
+                block(w, 2 * w), nn.MaxPool2d(2), Residual(2 * w),
+                block(2 * w, 4 * w), nn.MaxPool2d(2),
+                block(4 * w, 8 * w), nn.MaxPool2d(2), Residual(8 * w))
+            self.classifier = nn.Linear(8 * w, NUM_CLASSES, bias=False)
+
+        def forward(self, x):
+            x = torch.amax(self.features(x), dim=(2, 3))
+            return self.classifier(x) * 0.125
+
+    return ResNet9(width)
+
+
+def torch_case(run: Run, compiled: bool = False):
+    import numpy as np
+    import torch
+
+    a = run.args
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    if not cuda:
+        torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = True
+    net = torch_net(a.width).to(device).to(memory_format=torch.channels_last)
+    model = torch.compile(net) if compiled else net
+    opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=0.9, nesterov=True)
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((a.batch, 3, a.size, a.size), dtype=np.float32))
+    x = x.to(device).contiguous(memory_format=torch.channels_last)
+    y = torch.from_numpy(rng.integers(0, NUM_CLASSES, a.batch).astype(np.int64)).to(device)
+
+    def go():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device, dtype=torch.bfloat16):
+            logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits.float(), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    def sync(_):
+        if cuda:
+            torch.cuda.synchronize()
+
+    t0 = time.perf_counter()
+    go()
+    sync(None)
+    label = "PyTorch torch.compile bf16" if compiled else "PyTorch eager bf16"
+    run.log(f"  {label}: first call {time.perf_counter() - t0:.1f} s")
+    return Case(label, go, sync=sync, items=a.batch,
+                flops=resnet9_train_flops(a.size, a.width) * a.batch)
+
+
+def auto_alias(run: Run) -> str | None:
+    """The impl that ``impl="auto"`` picks for ResNet-9's convolutions, if one for all."""
+    try:
+        from jaxconv.ops.autotune import choose_impl
+    except ImportError:
+        return None
+    a = run.args
+    picks = {choose_impl("conv", (a.batch, s, s, ci), (3, 3, ci, co), 1)
+             for _, s, ci, co in resnet9_conv_layers(a.size, a.width)}
+    return picks.pop() if len(picks) == 1 else None
+
+
+def build(run: Run, label: str, make, min_left: float):
+    """Calls ``make()`` unless the budget is short; a failure is logged, not raised."""
+    if run.remaining() < min_left:
+        run.note(f"skipped {label}: {run.remaining():.0f} s of budget left")
+        return None
+    try:
+        return make()
+    except ImportError as exc:
+        run.note(f"skipped {label}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - keep going with the other cases
+        run.note(f"{label} failed: {type(exc).__name__}: {exc}")
+        run.log(traceback.format_exc())
+    return None
+
+
+# --------------------------------------------------------------------------
+# Sections.
+
+
+def compile_cost(run: Run) -> float:
+    return 5.0 if run.args.quick else 45.0
+
+
+def section_main(run: Run):
+    alias = auto_alias(run)
+    run.cases = {}
+    data = make_data(run)
+    for impl in ("lax", "patches", "auto"):
+        if impl == "auto" and alias in ("lax", "patches"):
+            run.note(f"impl='auto' picks '{alias}' for every ResNet-9 convolution on this "
+                     f"backend: the 'jaxconv auto' rows are the '{alias}' measurements")
+            continue
+        case = build(run, f"jaxconv {impl} bf16",
+                     lambda impl=impl: jaxconv_case(run, impl, "bf16", data=data), compile_cost(run))
+        if case:
+            run.cases[case.name] = case
+    for label, make in (("Flax bf16", lambda: flax_case(run, "bf16")),
+                        ("PyTorch eager", lambda: torch_case(run))):
+        case = build(run, label, make, compile_cost(run))
+        if case:
+            run.cases[case.name] = case
+    stats = measure_interleaved(list(run.cases.values()), rounds=run.args.rounds, warmup=1,
+                                target_s=run.args.target, time_cap_s=min(60, run.remaining()),
+                                log=run.log)
+    for name, s in stats.items():
+        run.record(name, s, section="main")
+    if alias in ("lax", "patches") and f"jaxconv {alias} bf16" in stats:
+        run.results["jaxconv auto bf16"] = {**run.results[f"jaxconv {alias} bf16"],
+                                            "alias": alias}
+
+
+def section_spc(run: Run):
+    k = 10
+    cases = []
+    datak = make_data(run, k)
+    for impl in ("lax", "patches"):
+        one = run.cases.get(f"jaxconv {impl} bf16") if hasattr(run, "cases") else None
+        if one is None:
+            continue
+        ten = build(run, f"jaxconv {impl} bf16 spc={k}",
+                    lambda impl=impl: jaxconv_case(run, impl, "bf16", spc=k, data=datak),
+                    compile_cost(run))
+        if ten:
+            cases += [one, ten]
+    stats = measure_interleaved(cases, rounds=run.args.rounds, warmup=1, target_s=run.args.target,
+                                time_cap_s=min(40, max(run.remaining(), 5)), log=run.log)
+    rows = []
+    for impl in ("lax", "patches"):
+        s1, s10 = stats.get(f"jaxconv {impl} bf16"), stats.get(f"jaxconv {impl} bf16 spc={k}")
+        if s10:
+            run.record(s10.name, s10, section="spc")
+        if s1 and s10:
+            per1, per10 = s1.median, s10.median / k
+            rows.append([impl, fmt(per1 * 1e3, 2), fmt(per10 * 1e3, 2), f"{per10 / per1:.3f}"])
+    if rows:
+        run.extra_tables.append(
+            "`steps_per_call` (bf16, same interleaved rounds), time per step:\n\n"
+            + markdown_table(["impl", "ms/step K=1", f"ms/step K={k}", f"ratio K={k} / K=1"], rows))
+        run.log(run.extra_tables[-1])
+
+
+def section_f32(run: Run):
+    cases = []
+    data = make_data(run)
+    alias = auto_alias(run)
+    for impl in ("lax", "patches", "auto"):
+        if impl == "auto" and alias in ("lax", "patches"):
+            continue
+        case = build(run, f"jaxconv {impl} f32",
+                     lambda impl=impl: jaxconv_case(run, impl, "f32", data=data), compile_cost(run))
+        if case:
+            cases.append(case)
+    stats = measure_interleaved(cases, rounds=run.args.rounds, warmup=1, target_s=run.args.target,
+                                time_cap_s=min(30, max(run.remaining(), 5)), log=run.log)
+    for name, s in stats.items():
+        run.record(name, s, section="f32")
+    if alias in ("lax", "patches") and f"jaxconv {alias} f32" in stats:
+        run.results["jaxconv auto f32"] = {**run.results[f"jaxconv {alias} f32"], "alias": alias}
+
+
+def section_micro(run: Run):
+    import jax.numpy as jnp
+
+    from jaxconv.bench import ConvShape, conv_cases
+
+    a = run.args
+    seen = set()
+    for label, s, ci, co in resnet9_conv_layers(a.size, a.width):
+        if (s, ci, co) in seen:
+            continue
+        seen.add((s, ci, co))
+        if run.remaining() < (3 if a.quick else 20):
+            run.note(f"micro: stopped before {label} ({run.remaining():.0f} s left)")
+            break
+        shape = ConvShape(label, a.batch, s, ci, co)
+        cases = conv_cases(shape, ("lax", "patches"), dtype=jnp.bfloat16)
+        stats = measure_interleaved(cases, rounds=3, warmup=2, target_s=0.05 if a.quick else 0.1,
+                                    time_cap_s=20, log=run.log)
+        for impl in ("lax", "patches"):
+            for mode in ("fwd", "fwd+bwd"):
+                st = stats.get(f"{label} {impl} {mode}")
+                if st:
+                    run.micro_rows.append({"shape": shape, "impl": impl, "mode": mode,
+                                           "stats": st, "gflops": st.flops_rate / 1e9})
+                    run.partial.write("micro", st.as_dict())
+
+
+def section_compile(run: Run):
+    if run.args.quick and not run.args.torch_compile:
+        run.note("torch.compile skipped in --quick mode (pass --torch-compile to include it)")
+        return
+    need = 20 if run.args.quick else 100
+    case = build(run, "torch.compile", lambda: torch_case(run, compiled=True), need)
+    if case is None:
+        return
+    stats = measure_interleaved([case], rounds=run.args.rounds, warmup=1, target_s=run.args.target,
+                                time_cap_s=min(20, max(run.remaining(), 5)), log=run.log)
+    for name, s in stats.items():
+        run.record(name, s, section="compile")
+
+
+SECTIONS = {"ceilings": section_ceilings, "main": section_main, "spc": section_spc,
+            "f32": section_f32, "micro": section_micro, "compile": section_compile}
+
+
+# --------------------------------------------------------------------------
+# Report.
+
+
+def report(run: Run, info: dict) -> str:
+    from jaxconv.bench import conv_bench_table
+
+    a = run.args
+    mm = run.ceilings.get("matmul_tflops")
+    peers = [("Flax", "Flax linen bf16"), ("torch eager", "PyTorch eager bf16"),
+             ("torch.compile", "PyTorch torch.compile bf16"), ("jaxconv lax", "jaxconv lax bf16")]
+    rows = []
+    for name, r in run.results.items():
+        s = r["stats"]
+        tflops = s.flops_rate / 1e12
+        label = name + (f" (= {r['alias']})" if r.get("alias") else "")
+        rows.append([label, fmt(s.rate), fmt(s.median * 1e3, 2), f"{s.spread:.0%}",
+                     fmt(tflops, 1 if tflops >= 1 else 4), f"{tflops / mm:.0%}" if mm else "-"]
+                    + [ratio(s.rate, run.results[p]["stats"].rate) if p in run.results else "-"
+                       for _, p in peers])
+    table = markdown_table(["implementation", "images/s", "ms/call", "spread", "TFLOP/s",
+                            "of matmul rate"] + [f"vs {p}" for p, _ in peers], rows)
+    ceil = (f"measured ceilings: bf16 matmul {fmt(mm, 1)} TFLOP/s, device copy "
+            f"{fmt(run.ceilings.get('copy_gbs'), 0)} GB/s (read + write)")
+    parts = [
+        "## GPU: ResNet-9 training (`benchmarks/gpu.py`)",
+        common.describe_machine(info),
+        f"- {ceil}",
+        f"- ResNet-9 width {a.width}, batch {a.batch}, {a.size}x{a.size}x3 random data, SGD Nesterov "
+        f"(momentum 0.9), {resnet9_train_flops(a.size, a.width) / 1e9:.2f} GFLOP per image per "
+        f"training step (3x the forward convolutions and classifier); median of up to {a.rounds} "
+        f"interleaved rounds per section; `spc=10` rows process 10 batches per call.",
+        table,
+    ]
+    parts += run.extra_tables
+    if run.micro_rows:
+        parts.append("ResNet-9 convolution layers alone (bf16, batch "
+                     f"{a.batch}; fwd+bwd = input and kernel gradients):\n\n"
+                     + conv_bench_table(run.micro_rows))
+    if run.notes:
+        parts.append("Notes:\n\n" + "\n".join(f"- {n}" for n in run.notes))
+    return "\n\n".join(parts)
+
+
+def write_outputs(run: Run, info: dict, final: bool) -> None:
+    text = report(run, info)
+    if run.args.out:
+        common.write_atomic(os.path.join(run.args.out, "gpu_section.md"), text + "\n")
+    if final:
+        print("\n" + text, flush=True)
+        if not (run.args.no_write or run.args.quick):
+            common.write_section(run.args.results, "gpu", text)
+            run.log(f"wrote the 'gpu' section of {run.args.results}")
+            if run.args.out:
+                with open(run.args.results) as f:
+                    common.write_atomic(os.path.join(run.args.out, "RESULTS.md"), f.read())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a CPU smoke test")
+    parser.add_argument("--out", default=os.environ.get("OUT"),
+                        help="directory for partial results (default: $OUT if set)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds for the whole run (default 420; quick: 300)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--torch-compile", action="store_true",
+                        help="include torch.compile in --quick mode")
+    parser.add_argument("--results", default=common.RESULTS_MD)
+    parser.add_argument("--no-write", action="store_true", help="do not update the results file")
+    args = parser.parse_args(argv)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s) {unknown}; expected some of {list(SECTIONS)}")
+    args.budget = args.budget or (300.0 if args.quick else 420.0)
+    args.rounds = args.rounds or (2 if args.quick else 5)
+    args.batch = args.batch or (4 if args.quick else 512)
+    args.size = 16 if args.quick else 32
+    args.width = 4 if args.quick else 64
+    args.target = 0.02 if args.quick else 0.25
+
+    run = Run(args)
+    info = common.machine_info()
+    run.log(common.describe_machine(info).replace("\n", "; "))
+    for name in sections:
+        if run.remaining() <= 0:
+            run.note(f"section {name} skipped: budget of {args.budget:.0f} s spent")
+            continue
+        common.run_section(name, lambda name=name: SECTIONS[name](run), run.log)
+        try:
+            write_outputs(run, info, final=False)
+        except Exception:  # noqa: BLE001 - reporting must not stop the measurements
+            run.log(traceback.format_exc())
+    write_outputs(run, info, final=True)
+    run.log("done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
