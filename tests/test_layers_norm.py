@@ -188,3 +188,38 @@ def test_group_norm_contract_torch_and_errors():
         err.value)
     with pytest.raises(ValueError, match="GroupNorm: num_groups must be a positive int"):
         jc.GroupNorm(0)
+
+
+def test_batch_norm_one_pass_variance_is_clamped_at_zero():
+    # Constant channels with large values: E[x^2] - E[x]^2 rounds to numbers of either sign in
+    # float32 (up to several units here, far above epsilon); the clamp keeps var >= 0, so the
+    # output is finite and the running variance never drops below its decayed old value.
+    c = 64
+    layer = jc.BatchNorm(epsilon=1e-5)
+    _, params, state = layer.init(jax.random.PRNGKey(0), (-1, c))
+    x = np.tile(np.float32(np.random.RandomState(0).uniform(-5000, 5000, c)), (257, 1))
+    y, new_state = jax.jit(lambda p, s, v: layer.apply(p, s, v, train=True))(params, state, x)
+    assert np.all(np.isfinite(y))
+    assert np.all(np.asarray(new_state["var"]) >= 0.9)  # 0.9 * 1 + 0.1 * max(var, 0) * m/(m-1)
+
+
+def test_batch_norm_bf16_output_is_float32_math_rounded_once():
+    # bf16 input and compute: the output must be the float64 result of the bf16 values rounded
+    # to bf16 (within one bf16 ulp), also with an offset of 20 standard deviations, where a
+    # multiply-add in bf16 (x * a + b with b = -mean * a) would lose about 5% to cancellation.
+    layer = jc.BatchNorm(dtype=jnp.bfloat16)
+    _, params, state = layer.init(jax.random.PRNGKey(0), (-1, 4, 4, 3))
+    params = {"scale": jnp.asarray([1.0, 2.0, 0.5]), "bias": jnp.asarray([0.0, 1.0, -1.0])}
+    x = jnp.asarray(rand((16, 4, 4, 3), seed=3, shift=20.0), jnp.bfloat16)
+    y, _ = layer.apply(params, state, x, train=True)
+    assert y.dtype == jnp.bfloat16
+    x64 = np.asarray(x, np.float64).reshape(-1, 3)
+    ref = ((x64 - x64.mean(0)) / np.sqrt(x64.var(0) + 1e-5) * [1.0, 2.0, 0.5]
+           + [0.0, 1.0, -1.0])
+    err = np.abs(np.asarray(y, np.float64).reshape(-1, 3) - ref)
+    assert np.all(err <= 2.0 ** -8 * np.abs(ref) + 2e-3), float(err.max())
+    # Inference uses the same x * a + b with the running statistics.
+    y_eval, _ = layer.apply(params, {"mean": jnp.full(3, 20.0), "var": jnp.full(3, 4.0)}, x)
+    ref = (x64 - 20.0) / np.sqrt(4.0 + 1e-5) * [1.0, 2.0, 0.5] + [0.0, 1.0, -1.0]
+    err = np.abs(np.asarray(y_eval, np.float64).reshape(-1, 3) - ref)
+    assert np.all(err <= 2.0 ** -8 * np.abs(ref) + 2e-3), float(err.max())

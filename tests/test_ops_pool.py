@@ -226,3 +226,111 @@ def test_shared_bodies_reject_unknown_kind():
                  lambda: adaptive_pool(x, 2, "min")):
         with pytest.raises(ValueError, match="kind must be"):
             call()
+
+
+# --- The reshape ("tiled") path of max/min pooling against lax.reduce_window. ---
+
+# (input shape, window, padding): stride == window and no padding, so the tiled path applies;
+# sizes the window does not divide (VALID drops the remainder) and 1-D/2-D/3-D.
+TILED_CASES = [
+    ((2, 8, 3), 2, "VALID"),
+    ((2, 9, 3), 3, 0),
+    ((3, 8, 6, 4), 2, "VALID"),
+    ((2, 7, 9, 3), (2, 3), "VALID"),
+    ((2, 6, 6, 2), 3, "SAME"),  # SAME with sizes the window divides has no padding
+    ((1, 4, 6, 5, 2), 2, ((0, 0), (0, 0), (0, 0))),
+]
+
+
+def tie_heavy(shape, seed):
+    """Small integers, half of them clipped to 0 as after a ReLU: most windows have ties."""
+    v = np.random.RandomState(seed).randint(-3, 3, size=shape).astype(np.float32)
+    return np.maximum(v, 0.0)
+
+
+def reduce_window_reference(kind, shape, window, padding):
+    from jaxconv.ops.pool import _reduce_window_pool, pool_geometry
+    w, s, pads, _ = pool_geometry(shape, window, None, padding)
+    return lambda v: _reduce_window_pool(v, kind, w, s, pads)
+
+
+@pytest.mark.parametrize("shape,window,padding", TILED_CASES)
+def test_tiled_path_equals_reduce_window_values_and_derivatives(shape, window, padding):
+    from jaxconv.ops.pool import pool_geometry, tiled_pool_applies
+    w, s, pads, out_shape = pool_geometry(shape, window, None, padding)
+    assert tiled_pool_applies(w, s, pads)
+    for kind, op in OPS.items():
+        fast = lambda v, op=op: op(v, window, None, padding)  # noqa: E731
+        slow = reduce_window_reference(kind, shape, window, padding)
+
+        def both(v, ct, t, f):
+            y, vjp = jax.vjp(f, v)
+            return y, vjp(ct)[0], jax.jvp(f, (v,), (t,))[1]
+
+        run = jax.jit(both, static_argnums=3)
+        for seed, x in enumerate((rand(shape, seed=1), tie_heavy(shape, 2), -tie_heavy(shape, 3))):
+            ct = rand(out_shape, seed=10 + seed)
+            t = rand(shape, seed=20 + seed)
+            got, want = run(x, ct, t, fast), run(x, ct, t, slow)
+            for a, b in zip(got, want):
+                np.testing.assert_array_equal(a, b)
+            w_shape, w_grad, _ = want
+            assert w_shape.shape == out_shape and np.count_nonzero(w_grad) > 0
+
+
+def test_tiled_path_ties_give_the_first_element_in_row_major_order():
+    # Windows (2x2, one channel): [[1, 3], [3, 2]] has its max 3 at (0, 1) and (1, 0);
+    # [[3, 0], [1, 3]] at (0, 0) and (1, 1). The first in row-major order gets the gradient.
+    x = jnp.asarray([[1.0, 3, 3, 0], [3, 2, 1, 3]]).reshape(1, 2, 4, 1)
+    g = jax.grad(lambda v: ops.max_pool(v, 2).sum())(x)[0, ..., 0]
+    np.testing.assert_array_equal(g, [[0, 1, 1, 0], [0, 0, 0, 0]])
+    g = jax.grad(lambda v: ops.min_pool(v, 2).sum())(-x)[0, ..., 0]
+    np.testing.assert_array_equal(g, [[0, 1, 1, 0], [0, 0, 0, 0]])
+    # All-equal windows (also all -inf): the window's first element.
+    for fill in (0.0, -np.inf):
+        g = jax.grad(lambda v: ops.max_pool(v, (2, 3)).sum())(jnp.full((1, 2, 3, 1), fill))
+        np.testing.assert_array_equal(g[0, ..., 0], [[1, 0, 0], [0, 0, 0]])
+    # NaNs: reduce_window's select keeps the current element only while "current >= next"
+    # holds, so after a NaN the next element is selected; the tiled path does the same.
+    x = jnp.asarray([[1.0, np.nan, np.nan, 1.0, 1.0, 2.0, np.nan, np.nan],
+                     [3.0, 2.0, np.nan, 2.0, 3.0, np.nan, np.nan, np.nan]]).reshape(1, 2, 8, 1)
+    for kind, op in OPS.items():
+        slow = reduce_window_reference(kind, x.shape, 2, "VALID")
+        np.testing.assert_array_equal(jax.grad(lambda v: op(v, 2).sum())(x),
+                                      jax.grad(lambda v: slow(v).sum())(x))
+
+
+def test_tiled_path_is_taken_for_2x2_and_not_otherwise():
+    x = jnp.zeros((2, 8, 8, 3))
+
+    def prims(f):  # the printed jaxpr of the gradient, nested jaxprs included
+        return str(jax.make_jaxpr(jax.grad(lambda v: f(v).sum()))(x))
+
+    for f in (lambda v: ops.max_pool(v, 2), lambda v: ops.min_pool(v, 2, 2, "VALID"),
+              lambda v: ops.max_pool(v[:, :7], 2)):
+        text = prims(f)
+        for word in ("reduce_window", "select_and", "scatter", "gather"):
+            assert word not in text, text
+        assert "reduce_max" in text or "reduce_min" in text
+    # Overlapping windows or padding keep lax.reduce_window.
+    assert "reduce_window" in prims(lambda v: ops.max_pool(v, 3, 2))
+    assert "reduce_window" in prims(lambda v: ops.max_pool(v, 2, padding=1))
+
+
+def test_tiled_path_under_vmap_and_dtypes():
+    xs = tie_heavy((3, 2, 6, 4, 2), 4)
+    slow = reduce_window_reference("max", xs.shape[1:], 2, "VALID")
+    fast_g = jax.vmap(jax.grad(lambda v: (ops.max_pool(v, 2) ** 2).sum()))(xs)
+    slow_g = jax.vmap(jax.grad(lambda v: (slow(v) ** 2).sum()))(xs)
+    np.testing.assert_array_equal(fast_g, slow_g)
+    np.testing.assert_array_equal(jax.vmap(lambda v: ops.max_pool(v, 2))(xs), jax.vmap(slow)(xs))
+    # Integer inputs keep their dtype; bfloat16 gradients route like float32 ones.
+    xi = jnp.arange(48, dtype=jnp.int32).reshape(1, 6, 8, 1) % 7
+    y = ops.max_pool(xi, 2)
+    assert y.dtype == jnp.int32
+    np.testing.assert_array_equal(y, reduce_window_reference("max", xi.shape, 2, "VALID")(xi))
+    xb = jnp.asarray(xs[0], jnp.bfloat16)
+    gb = jax.grad(lambda v: ops.max_pool(v, 2).astype(jnp.float32).sum())(xb)
+    assert gb.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(gb.astype(jnp.float32),
+                                  jax.grad(lambda v: slow(v).sum())(jnp.asarray(xs[0])))

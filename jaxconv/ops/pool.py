@@ -9,9 +9,12 @@ PyTorch's bin rule: output index ``i`` of ``out`` covers input positions
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -80,11 +83,95 @@ def _valid_counts(sizes, window, stride, pads, out_sizes) -> np.ndarray:
     return counts
 
 
+def _blocks(x, window):
+    """``(N, *spatial, C) -> (N, s1 // k1, k1, s2 // k2, k2, ..., C)`` and the window axes.
+
+    Every spatial size must be a multiple of its window entry.
+    """
+    shape = [x.shape[0]]
+    for n, k in zip(x.shape[1:-1], window):
+        shape += [n // k, k]
+    shape.append(x.shape[-1])
+    return x.reshape(shape), tuple(range(2, 2 * len(window) + 1, 2))
+
+
+def _block_reduce(xb, kind, axes):
+    return jnp.max(xb, axes) if kind == "max" else jnp.min(xb, axes)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def _tiled_pool(x, kind, window):
+    """Max/min over non-overlapping windows that tile ``x`` exactly (stride == window, no pad).
+
+    A reshape and a reduction instead of ``lax.reduce_window``: on XLA:CPU the
+    latter's derivative is ``select_and_scatter`` (or a pair-packing
+    ``reduce_window``), which costs several times the forward pass. The custom
+    JVP below gives the same derivative with element-wise ops only.
+    """
+    xb, axes = _blocks(x, window)
+    return _block_reduce(xb, kind, axes)
+
+
+@_tiled_pool.defjvp
+def _tiled_pool_jvp(kind, window, primals, tangents):
+    # reduce_window's derivative on XLA is a select over the window in
+    # row-major order: keep the selected element ``s`` unless ``s >= e`` fails
+    # for the next element ``e`` (``<=`` for min). So each window's whole
+    # tangent comes from ONE element, the first extreme one on ties (and after
+    # a NaN, the next element). The loop below runs that select over the
+    # window positions with element-wise ops on arrays of the output's shape;
+    # ``t -> dy`` is linear (static slices and selects), so its transpose, the
+    # gradient, is selects and pads that XLA fuses: no scatter, no gather.
+    (x,), (t,) = primals, tangents
+    xb, axes = _blocks(x, window)
+    tb, _ = _blocks(t, window)
+    keep = lax.ge if kind == "max" else lax.le
+    sel = dy = None
+    for offsets in itertools.product(*(range(k) for k in window)):
+        index = [slice(None)] * xb.ndim
+        for axis, i in zip(axes, offsets):
+            index[axis] = i
+        index = tuple(index)
+        if sel is None:
+            sel, dy = xb[index], tb[index]
+        else:
+            swap = ~keep(sel, xb[index])
+            sel = jnp.where(swap, xb[index], sel)
+            dy = jnp.where(swap, tb[index], dy)
+    return _block_reduce(xb, kind, axes), dy
+
+
+def tiled_pool_applies(window, stride, pads) -> bool:
+    """Whether ``window_pool`` takes the reshape path: stride == window, no padding.
+
+    Sizes that the window does not divide are fine: with no padding the pool
+    drops the remainder (``out = floor(n / k)``), so it is sliced off first.
+    """
+    return tuple(stride) == tuple(window) and all(p == (0, 0) for p in pads)
+
+
+def _reduce_window_pool(x, kind, window, stride, pads):
+    """Max/min pool through ``lax.reduce_window`` (any stride and padding)."""
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        init = jnp.inf if kind == "min" else -jnp.inf
+    else:
+        info = jnp.iinfo(x.dtype)
+        init = info.max if kind == "min" else info.min
+    op = lax.max if kind == "max" else lax.min
+    return lax.reduce_window(x, np.array(init, x.dtype), op, (1, *window, 1), (1, *stride, 1),
+                             ((0, 0), *pads, (0, 0)))
+
+
 def window_pool(x, kind, window, stride=None, padding="VALID", count_include_pad=True, *,
                 where="pool"):
     """Shared body of the windowed pools; ``kind`` is ``"max"``, ``"min"`` or ``"avg"``.
 
     ``where`` names the caller in error messages (a layer passes its own name).
+    Max/min pools whose windows tile the input (``tiled_pool_applies``) take a
+    reshape-and-reduce path with the same values and derivatives as
+    ``lax.reduce_window`` (including ties: the first extreme element of a
+    window in row-major order gets its gradient); the others use
+    ``lax.reduce_window``.
     """
     if kind not in ("max", "min", "avg"):
         raise ValueError(f"{where}: kind must be 'max', 'min' or 'avg', got {kind!r}")
@@ -93,13 +180,12 @@ def window_pool(x, kind, window, stride=None, padding="VALID", count_include_pad
     dims, strides = (1, *window, 1), (1, *stride, 1)
     full_pads = ((0, 0), *pads, (0, 0))
     if kind in ("max", "min"):
-        if jnp.issubdtype(x.dtype, jnp.floating):
-            init = jnp.inf if kind == "min" else -jnp.inf
-        else:
-            info = jnp.iinfo(x.dtype)
-            init = info.max if kind == "min" else info.min
-        op = lax.max if kind == "max" else lax.min
-        return lax.reduce_window(x, np.array(init, x.dtype), op, dims, strides, full_pads)
+        if tiled_pool_applies(window, stride, pads):
+            used = tuple(o * k for o, k in zip(out_shape[1:-1], window))
+            if used != x.shape[1:-1]:
+                x = x[(slice(None), *(slice(0, u) for u in used), slice(None))]
+            return _tiled_pool(x, kind, window)
+        return _reduce_window_pool(x, kind, window, stride, pads)
     # Average: accumulate in at least float32 (bf16/f16 sums lose digits), then cast back.
     out_dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
     acc = jnp.promote_types(out_dtype, jnp.float32)
