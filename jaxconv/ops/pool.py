@@ -83,33 +83,36 @@ def _valid_counts(sizes, window, stride, pads, out_sizes) -> np.ndarray:
     return counts
 
 
-def _blocks(x, window):
-    """``(N, *spatial, C) -> (N, s1 // k1, k1, s2 // k2, k2, ..., C)`` and the window axes.
+def _window_views(x, window):
+    """One strided slice of ``x`` per window position, in row-major window order.
 
-    Every spatial size must be a multiple of its window entry.
+    For windows that tile ``x`` exactly (stride == window, sizes multiples of
+    the window), view ``j`` holds element ``j`` of every window and has the
+    output's shape. Strided slices (not a reshape) keep a batch axis that is
+    sharded over a mesh untouched.
     """
-    shape = [x.shape[0]]
-    for n, k in zip(x.shape[1:-1], window):
-        shape += [n // k, k]
-    shape.append(x.shape[-1])
-    return x.reshape(shape), tuple(range(2, 2 * len(window) + 1, 2))
+    views = []
+    for offsets in itertools.product(*(range(k) for k in window)):
+        views.append(x[(slice(None), *(slice(o, None, k) for o, k in zip(offsets, window)),
+                        slice(None))])
+    return views
 
 
-def _block_reduce(xb, kind, axes):
-    return jnp.max(xb, axes) if kind == "max" else jnp.min(xb, axes)
+def _views_reduce(views, kind):
+    return functools.reduce(jnp.maximum if kind == "max" else jnp.minimum, views)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def _tiled_pool(x, kind, window):
     """Max/min over non-overlapping windows that tile ``x`` exactly (stride == window, no pad).
 
-    A reshape and a reduction instead of ``lax.reduce_window``: on XLA:CPU the
-    latter's derivative is ``select_and_scatter`` (or a pair-packing
-    ``reduce_window``), which costs several times the forward pass. The custom
-    JVP below gives the same derivative with element-wise ops only.
+    Element-wise max/min of strided slices instead of ``lax.reduce_window``: on
+    XLA:CPU the latter's derivative is ``select_and_scatter`` (or a
+    pair-packing ``reduce_window``), which costs several times the forward
+    pass. The custom JVP below gives the same derivative with element-wise ops
+    only.
     """
-    xb, axes = _blocks(x, window)
-    return _block_reduce(xb, kind, axes)
+    return _views_reduce(_window_views(x, window), kind)
 
 
 @_tiled_pool.defjvp
@@ -123,26 +126,18 @@ def _tiled_pool_jvp(kind, window, primals, tangents):
     # ``t -> dy`` is linear (static slices and selects), so its transpose, the
     # gradient, is selects and pads that XLA fuses: no scatter, no gather.
     (x,), (t,) = primals, tangents
-    xb, axes = _blocks(x, window)
-    tb, _ = _blocks(t, window)
+    xs, ts = _window_views(x, window), _window_views(t, window)
     keep = lax.ge if kind == "max" else lax.le
-    sel = dy = None
-    for offsets in itertools.product(*(range(k) for k in window)):
-        index = [slice(None)] * xb.ndim
-        for axis, i in zip(axes, offsets):
-            index[axis] = i
-        index = tuple(index)
-        if sel is None:
-            sel, dy = xb[index], tb[index]
-        else:
-            swap = ~keep(sel, xb[index])
-            sel = jnp.where(swap, xb[index], sel)
-            dy = jnp.where(swap, tb[index], dy)
-    return _block_reduce(xb, kind, axes), dy
+    sel, dy = xs[0], ts[0]
+    for xv, tv in zip(xs[1:], ts[1:]):
+        swap = ~keep(sel, xv)
+        sel = jnp.where(swap, xv, sel)
+        dy = jnp.where(swap, tv, dy)
+    return _views_reduce(xs, kind), dy
 
 
 def tiled_pool_applies(window, stride, pads) -> bool:
-    """Whether ``window_pool`` takes the reshape path: stride == window, no padding.
+    """Whether ``window_pool`` takes the strided-slice path: stride == window, no padding.
 
     Sizes that the window does not divide are fine: with no padding the pool
     drops the remainder (``out = floor(n / k)``), so it is sliced off first.
@@ -168,7 +163,7 @@ def window_pool(x, kind, window, stride=None, padding="VALID", count_include_pad
 
     ``where`` names the caller in error messages (a layer passes its own name).
     Max/min pools whose windows tile the input (``tiled_pool_applies``) take a
-    reshape-and-reduce path with the same values and derivatives as
+    strided-slice path with the same values and derivatives as
     ``lax.reduce_window`` (including ties: the first extreme element of a
     window in row-major order gets its gradient); the others use
     ``lax.reduce_window``.
