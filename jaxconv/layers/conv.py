@@ -62,6 +62,17 @@ def _make_params(key, k_shape, features, use_bias, kernel_init, bias_init, param
     return params
 
 
+def _apply(op, layer, in_channels, params, x, dtype, use_bias, **options):
+    """Shared body of the conv layers' ``apply``: check, cast, convolve, add the bias."""
+    kernel = params["kernel"]
+    check_input(x, (-1,) * (kernel.ndim - 1) + (in_channels,), layer)
+    x, kernel = cast_to(dtype, x, kernel)
+    y = op(x, kernel, **options)
+    if use_bias:
+        y = y + params["bias"].astype(y.dtype)
+    return y
+
+
 def Conv(
     features: int,
     kernel_size: Any,
@@ -116,14 +127,9 @@ def Conv(
                                  param_dtype), {}
 
     def apply(params, state, x, *, key=None, train=False):
-        kernel = params["kernel"]
-        nd = kernel.ndim - 2
-        check_input(x, (-1,) * (nd + 1) + (kernel.shape[-2] * groups,), "Conv")
-        x, kernel = cast_to(dtype, x, kernel)
-        y = conv(x, kernel, impl=impl, precision=precision, **options)
-        if use_bias:
-            y = y + params["bias"].astype(y.dtype)
-        return y, state
+        in_channels = params["kernel"].shape[-2] * groups
+        return _apply(conv, "Conv", in_channels, params, x, dtype, use_bias,
+                      impl=impl, precision=precision, **options), state
 
     return Layer(init, apply, "conv")
 
@@ -175,13 +181,8 @@ def ConvTranspose(
                                  param_dtype), {}
 
     def apply(params, state, x, *, key=None, train=False):
-        kernel = params["kernel"]
-        nd = kernel.ndim - 2
-        check_input(x, (-1,) * (nd + 1) + (kernel.shape[-1],), "ConvTranspose")
-        x, kernel = cast_to(dtype, x, kernel)
-        y = conv_transpose(x, kernel, impl=impl, precision=precision, **options)
-        if use_bias:
-            y = y + params["bias"].astype(y.dtype)
-        return y, state
+        in_channels = params["kernel"].shape[-1]
+        return _apply(conv_transpose, "ConvTranspose", in_channels, params, x, dtype, use_bias,
+                      impl=impl, precision=precision, **options), state
 
     return Layer(init, apply, "conv_transpose")
