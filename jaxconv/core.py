@@ -110,27 +110,6 @@ def positive_int(value: Any, name: str, layer: str) -> int:
     return value
 
 
-def int_tuple(value: Any, n: int, name: str, layer: str, *, minimum: int = 1) -> tuple[int, ...]:
-    """Expands an int or a length-``n`` sequence to a tuple of ``n`` ints >= ``minimum``."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        out = (value,) * n
-    elif isinstance(value, Sequence) and not isinstance(value, str):
-        out = tuple(value)
-        if len(out) != n:
-            raise ValueError(
-                f"{layer}: {name} must be an int or a sequence of {n} ints, got {value!r}")
-    else:
-        raise TypeError(f"{layer}: {name} must be an int or a sequence of ints, got {value!r}")
-    for v in out:
-        if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
-            raise ValueError(f"{layer}: {name} entries must be ints >= {minimum}, got {value!r}")
-    return out
-
-
-def batch_size(shape: Shape) -> int:
-    return shape[0]
-
-
 def num_elements(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
