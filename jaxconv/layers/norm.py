@@ -189,6 +189,13 @@ def _norm_axes(reduction_axes: Any, rank: int, layer: str) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
+def _standardize(xs: Any, axes: tuple[int, ...], epsilon: float) -> Any:
+    """``(xs - mean) / sqrt(var + epsilon)`` over ``axes`` (two-pass, biased variance)."""
+    mean = jnp.mean(xs, axes, keepdims=True)
+    var = jnp.mean(jnp.square(xs - mean), axes, keepdims=True)
+    return (xs - mean) * lax.rsqrt(var + epsilon)
+
+
 def LayerNorm(
     reduction_axes: int | Sequence[int] = -1,
     *,
@@ -240,9 +247,7 @@ def LayerNorm(
                                  f"{tuple(p.shape)}, got shape {tuple(jnp.shape(x))}")
         out_dtype = _out_dtype(dtype, x, *params.values())
         xs = jnp.asarray(x).astype(_stat_dtype(x))
-        mean = jnp.mean(xs, axes, keepdims=True)
-        var = jnp.mean(jnp.square(xs - mean), axes, keepdims=True)
-        y = (xs - mean) * lax.rsqrt(var + epsilon)
+        y = _standardize(xs, axes, epsilon)
         bshape = tuple(jnp.shape(x)[a] if a in axes else 1 for a in range(rank))
         return _affine(y, params, bshape).astype(out_dtype), state
 
@@ -302,9 +307,7 @@ def GroupNorm(
         xs = jnp.asarray(x).astype(_stat_dtype(x))
         g = xs.reshape(shape[:-1] + (num_groups, c // num_groups))
         axes = tuple(range(1, g.ndim - 2)) + (g.ndim - 1,)
-        mean = jnp.mean(g, axes, keepdims=True)
-        var = jnp.mean(jnp.square(g - mean), axes, keepdims=True)
-        y = ((g - mean) * lax.rsqrt(var + epsilon)).reshape(shape)
+        y = _standardize(g, axes, epsilon).reshape(shape)
         return _affine(y, params, (c,)).astype(out_dtype), state
 
     return Layer(init, apply, "group_norm")
