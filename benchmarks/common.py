@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -39,6 +38,8 @@ if REPO_ROOT not in sys.path:
 
 from jaxconv.bench import (Case, Stats, fmt, jax_sync, markdown_table,  # noqa: E402,F401
                            measure_interleaved, no_sync, ratio, time_calls)
+
+from jaxconv.checkpoint import write_atomic as write_bytes_atomic  # noqa: E402
 
 RESULTS_MD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 
@@ -116,17 +117,8 @@ def describe_machine(info: dict[str, Any]) -> str:
 
 
 def write_atomic(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".md")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Writes ``text`` to ``path`` atomically (``jaxconv.checkpoint.write_atomic``)."""
+    write_bytes_atomic(path, text.encode())
 
 
 def replace_section(document: str, name: str, body: str) -> str:
