@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxconv.core import Layer, cast_to, check_input, normalize_shape, positive_int
-from jaxconv.ops.conv import (IMPLS, PADDING_STRINGS, check_padding_mode, conv, conv_output_shape,
-                              conv_transpose, conv_transpose_output_shape)
+from jaxconv.ops.conv import (IMPLS, check_padding_mode, check_padding_string, conv,
+                              conv_output_shape, conv_transpose, conv_transpose_output_shape)
 
 default_kernel_init = jax.nn.initializers.lecun_normal()
 
@@ -32,10 +32,7 @@ def _check_options(layer, features, kernel_size, stride, padding, dilation, grou
     _check_spatial(dilation, "dilation", layer, 1)
     if features % groups:
         raise ValueError(f"{layer}: groups={groups} must divide features={features}")
-    if isinstance(padding, str) and padding.upper() not in PADDING_STRINGS:
-        raise ValueError(
-            f"{layer}: unknown padding {padding!r}; expected one of {PADDING_STRINGS}, "
-            "an int, or a sequence of ints or (low, high) pairs")
+    check_padding_string(padding, layer)
     if impl not in IMPLS:
         raise ValueError(f"{layer}: unknown impl {impl!r}; expected one of {IMPLS}")
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from jaxconv.core import Layer, normalize_shape
 from jaxconv.ops import pool as P
-from jaxconv.ops.conv import PADDING_STRINGS
+from jaxconv.ops.conv import check_padding_string
 
 
 def _check_spec(value: Any, name: str, layer: str, *, none_ok: bool = False) -> None:
@@ -29,24 +29,11 @@ def _check_spec(value: Any, name: str, layer: str, *, none_ok: bool = False) -> 
                          f"ints, got {value!r}")
 
 
-def _check_padding(padding: Any, layer: str) -> None:
-    if isinstance(padding, str) and padding.upper() not in PADDING_STRINGS:
-        raise ValueError(
-            f"{layer}: unknown padding {padding!r}; expected one of {PADDING_STRINGS}, "
-            "an int, or a sequence of ints or (low, high) pairs")
-
-
-def _rank_check(x: Any, layer: str) -> None:
-    if getattr(x, "ndim", None) not in (3, 4, 5):
-        raise ValueError(f"{layer}: expected input of rank 3, 4 or 5 (N, *spatial, C), "
-                         f"got shape {tuple(getattr(x, 'shape', ()))}")
-
-
 def _window_layer(kind: str, layer: str, op_kind: str, window, stride, padding,
                   count_include_pad=True) -> Layer:
     _check_spec(window, "window", layer)
     _check_spec(stride, "stride", layer, none_ok=True)
-    _check_padding(padding, layer)
+    check_padding_string(padding, layer)
 
     def init(key, input_shape):
         shape = normalize_shape(input_shape, layer)
@@ -54,7 +41,6 @@ def _window_layer(kind: str, layer: str, op_kind: str, window, stride, padding,
         return out, {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
-        _rank_check(x, layer)
         return P.window_pool(x, op_kind, window, stride, padding, count_include_pad,
                              where=layer), state
 
@@ -93,14 +79,11 @@ def _global_layer(kind: str, layer: str, op_kind: str, keepdims: bool) -> Layer:
 
     def init(key, input_shape):
         shape = normalize_shape(input_shape, layer)
-        if len(shape) not in (3, 4, 5):
-            raise ValueError(f"{layer}: expected input of rank 3, 4 or 5 (N, *spatial, C), "
-                             f"got shape {shape} (rank {len(shape)})")
+        P.check_spatial_rank(shape, layer)
         middle = (1,) * (len(shape) - 2) if keepdims else ()
         return (shape[0], *middle, shape[-1]), {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
-        _rank_check(x, layer)
         return P.global_pool(x, op_kind, keepdims, where=layer), state
 
     return Layer(init, apply, kind)
@@ -124,7 +107,6 @@ def _adaptive_layer(kind: str, layer: str, op_kind: str, output_size: Any) -> La
         return P.adaptive_output_shape(shape, output_size, where=layer), {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
-        _rank_check(x, layer)
         return P.adaptive_pool(x, output_size, op_kind, where=layer), state
 
     return Layer(init, apply, kind)

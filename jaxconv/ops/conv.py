@@ -42,6 +42,17 @@ def expand(value: Any, n: int, name: str, *, minimum: int = 1, where: str = "con
     return out
 
 
+def check_padding_string(padding: Any, where: str = "conv") -> None:
+    """Rejects a padding string other than ``"SAME"``, ``"SAME_LOWER"``, ``"VALID"``.
+
+    Layer factories call it so that a misspelling fails when the layer is built.
+    """
+    if isinstance(padding, str) and padding.upper() not in PADDING_STRINGS:
+        raise ValueError(
+            f"{where}: unknown padding {padding!r}; expected one of {PADDING_STRINGS}, "
+            "an int, a sequence of ints or of (low, high) pairs")
+
+
 def padding_pairs(
     padding: Padding,
     in_sizes: Sequence[int],
@@ -60,12 +71,9 @@ def padding_pairs(
     values crop.
     """
     n = len(window)
+    check_padding_string(padding, where)
     if isinstance(padding, str):
         mode = padding.upper()
-        if mode not in PADDING_STRINGS:
-            raise ValueError(
-                f"{where}: unknown padding {padding!r}; expected one of {PADDING_STRINGS}, "
-                "an int, a sequence of ints or of (low, high) pairs")
         if mode == "VALID":
             return ((0, 0),) * n
         pairs = []

@@ -24,7 +24,8 @@ from jaxconv.ops.conv import conv_output_size, expand, padding_pairs
 Padding = Any
 
 
-def _check_rank(shape: Sequence[int], where: str) -> int:
+def check_spatial_rank(shape: Sequence[int], where: str) -> int:
+    """Checks ``(N, *spatial, C)`` with 1 to 3 spatial dimensions; returns their count."""
     nd = len(shape) - 2
     if nd not in (1, 2, 3):
         raise ValueError(
@@ -50,7 +51,7 @@ def pool_geometry(input_shape: Sequence[int], window: Any, stride: Any = None,
       ``out = floor((n + low + high - window) / stride) + 1``.
     """
     shape = tuple(input_shape)
-    nd = _check_rank(shape, where)
+    nd = check_spatial_rank(shape, where)
     window = expand(window, nd, "window", where=where)
     stride = window if stride is None else expand(stride, nd, "stride", where=where)
     pads = padding_pairs(padding, shape[1:-1], window, stride, (1,) * nd, where=where)
@@ -235,7 +236,7 @@ def global_pool(x, kind, keepdims=False, *, where="global_pool"):
     if kind not in ("max", "avg"):
         raise ValueError(f"{where}: kind must be 'max' or 'avg', got {kind!r}")
     x = jnp.asarray(x)
-    _check_rank(x.shape, where)
+    check_spatial_rank(x.shape, where)
     axes = tuple(range(1, x.ndim - 1))
     if kind == "max":
         return jnp.max(x, axis=axes, keepdims=keepdims)
@@ -258,7 +259,7 @@ def adaptive_output_shape(input_shape: Sequence[int], output_size: Any, *,
                           where: str = "adaptive_pool") -> tuple[int, ...]:
     """``(N, *spatial, C) -> (N, *output_size, C)``; ``None`` entries keep the input size."""
     shape = tuple(input_shape)
-    nd = _check_rank(shape, where)
+    nd = check_spatial_rank(shape, where)
     if isinstance(output_size, int) or output_size is None:
         sizes = (output_size,) * nd
     elif isinstance(output_size, Sequence) and not isinstance(output_size, str):
