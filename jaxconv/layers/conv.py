@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxconv.core import Layer, cast_to, check_input, normalize_shape, positive_int
+from jaxconv.layers.dense import kernel_and_bias
 from jaxconv.ops.conv import (IMPLS, check_padding_mode, check_padding_string, conv,
                               conv_output_shape, conv_transpose, conv_transpose_output_shape)
 
@@ -49,14 +50,6 @@ def _window(kernel_size, shape, layer):
             f"{layer}: kernel_size {kernel_size!r} has {len(window)} dimensions, but the input "
             f"shape {shape} has {nd} spatial dimensions")
     return shape, window
-
-
-def _make_params(key, k_shape, features, use_bias, kernel_init, bias_init, param_dtype):
-    k_kernel, k_bias = jax.random.split(key)
-    params = {"kernel": kernel_init(k_kernel, k_shape, param_dtype)}
-    if use_bias:
-        params["bias"] = bias_init(k_bias, (features,), param_dtype)
-    return params
 
 
 def _apply(op, layer, in_channels, params, x, dtype, use_bias, **options):
@@ -120,8 +113,8 @@ def Conv(
                 f"Conv: groups={groups} must divide the {shape[-1]} input channels "
                 f"(input shape {shape})")
         out = conv_output_shape(shape, k_shape, where="Conv", **options)
-        return out, _make_params(key, k_shape, features, use_bias, kernel_init, bias_init,
-                                 param_dtype), {}
+        return out, kernel_and_bias(key, k_shape, features, use_bias, kernel_init,
+                                    bias_init, param_dtype), {}
 
     def apply(params, state, x, *, key=None, train=False):
         in_channels = params["kernel"].shape[-2] * groups
@@ -174,8 +167,8 @@ def ConvTranspose(
         shape, window = _window(kernel_size, input_shape, "ConvTranspose")
         k_shape = (*window, features // groups, shape[-1])
         out = conv_transpose_output_shape(shape, k_shape, where="ConvTranspose", **options)
-        return out, _make_params(key, k_shape, features, use_bias, kernel_init, bias_init,
-                                 param_dtype), {}
+        return out, kernel_and_bias(key, k_shape, features, use_bias, kernel_init,
+                                    bias_init, param_dtype), {}
 
     def apply(params, state, x, *, key=None, train=False):
         in_channels = params["kernel"].shape[-1]

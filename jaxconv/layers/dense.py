@@ -12,6 +12,15 @@ from jaxconv.core import Layer, cast_to, check_rank, normalize_shape, positive_i
 default_kernel_init = jax.nn.initializers.lecun_normal()
 
 
+def kernel_and_bias(key, kernel_shape, features, use_bias, kernel_init, bias_init, param_dtype):
+    """``{"kernel": kernel_shape, "bias": (features,)}`` params (no bias without ``use_bias``)."""
+    k_kernel, k_bias = jax.random.split(key)
+    params = {"kernel": kernel_init(k_kernel, kernel_shape, param_dtype)}
+    if use_bias:
+        params["bias"] = bias_init(k_bias, (features,), param_dtype)
+    return params
+
+
 def Dense(
     features: int,
     *,
@@ -38,10 +47,8 @@ def Dense(
     def init(key, input_shape):
         shape = normalize_shape(input_shape, "Dense")
         check_rank(shape, "Dense", min_rank=2, what="(batch, ..., features)")
-        k_kernel, k_bias = jax.random.split(key)
-        params = {"kernel": kernel_init(k_kernel, (shape[-1], features), param_dtype)}
-        if use_bias:
-            params["bias"] = bias_init(k_bias, (features,), param_dtype)
+        params = kernel_and_bias(key, (shape[-1], features), features, use_bias, kernel_init,
+                                 bias_init, param_dtype)
         return shape[:-1] + (features,), params, {}
 
     def apply(params, state, x, *, key=None, train=False):
