@@ -9,6 +9,8 @@ convolutions with output_padding). Float64 tests run inside
 
 from __future__ import annotations
 
+from unittest import mock
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,6 +84,16 @@ def test_float64_both_impls_match_oracle(data):
     case = draw_case(_chooser(data))
     with jax.enable_x64(True):
         _check_against_oracle(case, np.float64, 1e-12, seed=len(case.x_shape))
+
+
+@settings(max_examples=12, **SETTINGS)
+@given(st.data())
+def test_float64_patches_in_batch_chunks_match_oracle(data):
+    """The batch-chunked patches path (one image per chunk) on random configurations."""
+    case = draw_case(_chooser(data))
+    with jax.enable_x64(True), mock.patch.dict(autotune.PATCH_CHUNK_BYTES,
+                                               {jax.default_backend(): 1}):
+        _check_against_oracle(case, np.float64, 1e-12, seed=len(case.x_shape) + 1)
 
 
 @settings(max_examples=12, **SETTINGS)

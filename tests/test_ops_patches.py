@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxconv.ops.conv import conv, conv_transpose
-from jaxconv.ops.patches import extract_patches
+from jaxconv.ops import autotune
+from jaxconv.ops.conv import ConvSpec, conv, conv_transpose
+from jaxconv.ops.patches import batch_chunk_size, extract_patches, patches_conv_general
 
 HIGHEST = lax.Precision.HIGHEST
 
@@ -143,3 +144,102 @@ def test_patches_under_jit_vmap_jvp_and_second_order():
     out = transformed(x, w, xs)
     for a, b in zip(jax.tree_util.tree_leaves(out["pat"]), jax.tree_util.tree_leaves(out["ref"])):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+
+
+# --------------------------------------------------------------------------
+# Batch chunks: the patch tensor of a few images at a time.
+
+
+def _chunked_outputs(x, w, spec, chunk):
+    """Value and both gradients of ``sum(sin(conv))`` with ``batch_chunk=chunk``."""
+    f = lambda x, w: patches_conv_general(x, w, spec, batch_chunk=chunk)  # noqa: E731
+    loss = lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
+    return jax.jit(lambda x, w: (f(x, w), *jax.grad(loss, (0, 1))(x, w)))(x, w)
+
+
+@pytest.mark.parametrize("spec", [
+    ConvSpec((1, 1), ((0, 0), (0, 0)), (1, 1), (1, 1), 1),
+    ConvSpec((2, 1), ((1, 2), (-1, 1)), (1, 1), (1, 2), 2),   # stride, crop, dilation, groups
+    ConvSpec((1, 1), ((1, 1), (2, 2)), (2, 2), (1, 1), 1),    # input dilation (transposed)
+])
+def test_batch_chunks_equal_the_whole_batch(spec):
+    """Chunks of 1, 2 (with a leftover image) and 3 images give the whole batch's results."""
+    with jax.enable_x64(True):
+        x = _rand((5, 7, 6, 4), dtype=jnp.float64)
+        w = _rand((3, 2, 4 // spec.groups, 6), seed=1, dtype=jnp.float64)
+        whole = _chunked_outputs(x, w, spec, 5)
+        for chunk in (1, 2, 3):
+            for name, got, want in zip(("value", "dx", "dw"), _chunked_outputs(x, w, spec, chunk),
+                                       whole):
+                np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12,
+                                           err_msg=f"{name}, chunk {chunk}")
+
+
+def test_batch_chunked_jaxprs_have_no_convolution_and_small_patch_tensors():
+    """Forward and gradient: a scan over chunks, no conv/scatter/gather, patches of 2 images."""
+    spec = ConvSpec((1, 1), ((1, 1), (1, 1)), (1, 1), (1, 1), 1)
+    x, w = _rand((6, 8, 8, 3)), _rand((3, 3, 3, 5), seed=1)
+    f = lambda x, w: patches_conv_general(x, w, spec, batch_chunk=2)  # noqa: E731
+    jaxprs = [jax.make_jaxpr(f)(x, w),
+              jax.make_jaxpr(jax.grad(lambda x, w: jnp.sum(f(x, w) ** 2), (0, 1)))(x, w)]
+    for jaxpr in jaxprs:
+        prims = _primitives(jaxpr.jaxpr)
+        assert "scan" in prims and "dot_general" in prims
+        assert not any("conv" in p or "scatter" in p or "gather" in p for p in prims), prims
+    # Every patch tensor (the concatenates) holds 2 images, forward and backward.
+    shapes = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "concatenate" and eqn.outvars[0].aval.shape[-1] == 27:
+                shapes.append(eqn.outvars[0].aval.shape)
+            for param in eqn.params.values():
+                sub = getattr(param, "jaxpr", param)
+                if hasattr(sub, "eqns"):
+                    walk(sub)
+
+    walk(jaxprs[1].jaxpr)
+    assert shapes and all(s[0] == 2 for s in shapes), shapes
+
+
+def test_batch_chunk_size_rule():
+    spec = ConvSpec((1, 1), ((0, 0), (0, 0)), (1, 1), (1, 1), 1)
+    x_shape, k_shape = (128, 26, 26, 32), (3, 3, 32, 64)
+    per_image = 24 * 24 * 9 * 32 * 4  # bytes of one image's patches
+    assert batch_chunk_size(x_shape, k_shape, spec, 4, None) == 128
+    assert batch_chunk_size(x_shape, k_shape, spec, 4, 1) == 1
+    assert batch_chunk_size(x_shape, k_shape, spec, 4, 6 * per_image) == 4  # a divisor of 128
+    assert batch_chunk_size(x_shape, k_shape, spec, 4, 1000 * per_image) == 128
+    # No divisor of 127 within a factor of 2 of 6: 6 images, and a leftover chunk.
+    assert batch_chunk_size((127, 26, 26, 32), k_shape, spec, 4, 6 * per_image) == 6
+    assert batch_chunk_size(x_shape, k_shape, spec, 2, 6 * per_image) == 8  # bfloat16
+
+
+def test_default_chunks_bound_the_patch_memory(monkeypatch):
+    """Through the public ``conv``: the backend's byte budget holds for every patch tensor."""
+    monkeypatch.setitem(autotune.PATCH_CHUNK_BYTES, jax.default_backend(), 64 * 1024)
+    x, w = _rand((16, 12, 12, 8)), _rand((3, 3, 8, 4), seed=1)
+    jaxpr = jax.make_jaxpr(jax.grad(lambda x, w: jnp.sum(conv(x, w, impl="patches")), (0, 1)))(x, w)
+    sizes = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "concatenate":
+                sizes.append(np.prod(eqn.outvars[0].aval.shape) * 4)
+            for param in eqn.params.values():
+                sub = getattr(param, "jaxpr", param)
+                if hasattr(sub, "eqns"):
+                    walk(sub)
+
+    walk(jaxpr.jaxpr)
+    assert sizes and max(sizes) <= 64 * 1024, sizes
+    np.testing.assert_allclose(conv(x, w, impl="patches"), conv(x, w, impl="lax", precision=HIGHEST),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_batch_chunk_errors():
+    spec = ConvSpec((1, 1), ((0, 0), (0, 0)), (1, 1), (1, 1), 1)
+    x, w = _rand((2, 5, 5, 1)), _rand((3, 3, 1, 1), seed=1)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match=f"batch_chunk must be an int >= 1, got {bad!r}"):
+            patches_conv_general(x, w, spec, batch_chunk=bad)

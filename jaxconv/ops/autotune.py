@@ -36,6 +36,22 @@ TABLE: list[dict[str, str]] = [
 ]
 
 
+# The largest patch tensor ``impl="patches"`` builds at once, per backend: larger
+# batches run in chunks of images (``patches.patches_conv_general``); ``None`` or
+# no entry: the whole batch at once. CPU (RESULTS.md cpu): on the MNIST CNN step
+# (an 85 MB patch tensor per batch of 128), chunks of 4-8 MB made the step 1.2x
+# faster, with no difference between 4, 6 and 8 MB; with 1 MB the per-chunk
+# overhead dominated. 8 MB leaves the digits CNN (4.7 MB) unchunked.
+PATCH_CHUNK_BYTES: dict[str, int | None] = {
+    "cpu": 8 << 20,
+}
+
+
+def patch_chunk_bytes(backend: str | None = None) -> int | None:
+    """The :data:`PATCH_CHUNK_BYTES` entry of ``backend`` (default: JAX's default backend)."""
+    return PATCH_CHUNK_BYTES.get(backend or jax.default_backend())
+
+
 # From this many input channels per group on, a dense convolution is "wide".
 WIDE_CHANNELS = 64
 

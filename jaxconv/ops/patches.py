@@ -15,8 +15,13 @@ is a plain 2-D matmul (``dot_general``; a batched one over the groups when
 Memory: the patch tensor holds ``N * prod(out_spatial) * prod(kernel_size) * C``
 elements, i.e. ``prod(kernel_size) / prod(stride)`` times the input (9x for a
 3x3 stride-1 convolution: a batch of 128 28x28x32 float32 maps gives a 116 MB
-patch tensor). Exactly one is materialised per call; the input gradient
-holds one more array of that size (the output gradient in patch space).
+patch tensor); the input gradient holds one more array of that size (the
+output gradient in patch space). Where the backend sets a budget
+(``jaxconv.ops.autotune.PATCH_CHUNK_BYTES``; on CPU 8 MB), a larger batch is
+processed in chunks of images with ``lax.map``, each chunk rematerialised in
+the backward pass, so only one chunk's patch tensor exists at a time: it stays
+in cache between the patch build and the matmuls, and the memory is reused
+from chunk to chunk instead of being allocated (and page-faulted in) afresh.
 
 Differentiation (``jax.custom_jvp``, so forward and reverse mode both work, and
 ``vmap`` and ``jit`` compose): the tangent of ``y = P(x) @ W`` is
@@ -132,12 +137,54 @@ def _conv_general_jvp(spec, primals, tangents):
 
 _conv_general.defjvp(_conv_general_jvp, symbolic_zeros=True)
 
+def _conv_in_batch_chunks(x, kernel, spec, chunk):
+    """``_conv_general`` over the batch in chunks of ``chunk`` images (``lax.map``).
+
+    Each chunk is rematerialised in the backward pass (``jax.checkpoint``), so
+    only one chunk's patch tensor is alive at a time, forward or backward:
+    ``chunk / N`` of the whole tensor. The images left over when ``chunk``
+    does not divide ``N`` form one last, smaller chunk.
+    """
+    n = x.shape[0]
+    if chunk >= n:
+        return _conv_general(x, kernel, spec)
+    body = jax.checkpoint(lambda xc: _conv_general(xc, kernel, spec),
+                          policy=jax.checkpoint_policies.nothing_saveable)
+    full = n - n % chunk
+    y = lax.map(body, x[:full].reshape(full // chunk, chunk, *x.shape[1:]))
+    y = y.reshape(full, *y.shape[2:])
+    if full < n:
+        y = lax.concatenate([y, body(x[full:])], 0)
+    return y
+
+
 # One compiled computation per shape when called eagerly (instead of one per pad/slice);
 # inlined as a sub-computation under an outer jit.
-_conv_general_jit = jax.jit(_conv_general, static_argnums=2)
+_conv_in_batch_chunks_jit = jax.jit(_conv_in_batch_chunks, static_argnums=(2, 3))
 
 
-def patches_conv_general(x: Any, kernel: Any, spec: ConvSpec) -> Any:
+def batch_chunk_size(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], spec: ConvSpec,
+                     itemsize: int, chunk_bytes: int | None) -> int:
+    """Images per chunk so that a chunk's patch tensor holds at most ``chunk_bytes``.
+
+    At least one image; the whole batch when ``chunk_bytes`` is ``None``. A
+    divisor of the batch size is preferred (no leftover chunk, whose slicing
+    and concatenation cost copies) when one is at least half the largest size
+    allowed.
+    """
+    n = x_shape[0]
+    if chunk_bytes is None:
+        return n
+    window = kernel_shape[:len(kernel_shape) - 2]
+    _, out = _frame(x_shape, window, spec)
+    per_image = math.prod(out) * math.prod(window) * x_shape[-1] * itemsize
+    largest = max(1, min(n, chunk_bytes // max(per_image, 1)))
+    divisor = max(d for d in range(1, largest + 1) if n % d == 0)
+    return divisor if 2 * divisor >= largest else largest
+
+
+def patches_conv_general(x: Any, kernel: Any, spec: ConvSpec, *,
+                         batch_chunk: int | None = None) -> Any:
     """Evaluates a ``ConvSpec`` with patches + matmul (differentiable in both modes).
 
     Args:
@@ -146,14 +193,28 @@ def patches_conv_general(x: Any, kernel: Any, spec: ConvSpec) -> Any:
       spec: the resolved convolution (``jaxconv.ops.conv.ConvSpec``); shapes are
         assumed already validated by ``conv_output_shape`` or
         ``conv_transpose_output_shape``.
+      batch_chunk: images per chunk (see ``_conv_in_batch_chunks``). By default
+        chunks are sized so that one chunk's patch tensor holds at most
+        ``jaxconv.ops.autotune.patch_chunk_bytes()`` (on CPU a few MB, which
+        stay in cache between the patch build and the matmul, and are reused
+        from chunk to chunk instead of being allocated afresh each step; on
+        accelerators the whole batch).
 
     Returns:
       ``(N, *out_spatial, F)``.
     """
+    from jaxconv.ops.autotune import patch_chunk_bytes  # noqa: PLC0415 (import cycle)
+
     spec = spec._replace(
         strides=tuple(spec.strides), padding=tuple(map(tuple, spec.padding)),
         lhs_dilation=tuple(spec.lhs_dilation), rhs_dilation=tuple(spec.rhs_dilation))
-    return _conv_general_jit(x, kernel, spec)
+    if batch_chunk is None:
+        batch_chunk = batch_chunk_size(x.shape, kernel.shape, spec,
+                                       jnp.dtype(x.dtype).itemsize, patch_chunk_bytes())
+    elif not isinstance(batch_chunk, int) or isinstance(batch_chunk, bool) or batch_chunk < 1:
+        raise ValueError(f"patches_conv_general: batch_chunk must be an int >= 1, "
+                         f"got {batch_chunk!r}")
+    return _conv_in_batch_chunks_jit(x, kernel, spec, batch_chunk)
 
 
 def extract_patches(x: Any, kernel_size: Any, *, stride: Any = 1, padding: Padding = "VALID",
