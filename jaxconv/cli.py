@@ -351,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Before JAX starts: freed host buffers are kept for reuse (no page faults per step).
+    from jaxconv.runtime import retain_host_memory
+
+    retain_host_memory(warn=False)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as e:  # bad options, missing or corrupt data files
