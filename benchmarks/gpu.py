@@ -15,8 +15,13 @@ the others):
 4. ``f32``: jaxconv in float32 (lax, patches).
 5. ``micro``: ResNet-9's convolution layers alone, bf16, both impls, forward
    and forward+backward.
-6. ``compile``: PyTorch ``torch.compile`` (last: its compile time is the least
+6. ``compile``: PyTorch ``torch.compile`` (its compile time is the least
    predictable).
+7. ``profile``: where jaxconv's bf16 step spends its device time, from a
+   ``jax.profiler`` trace: kernel time per class (convolution, matmul,
+   elementwise fusion, fusion with a reduction, copy) and the longest kernels.
+8. ``chunks``: the patches path with its batch in chunks (patch tensors of
+   24 and 48 MB) against the default (on GPU: unchunked) patches and lax.
 
 Prints a table (images/s, TFLOP/s, fraction of the measured matmul rate,
 ratios to each peer), writes the ``gpu`` section of ``benchmarks/RESULTS.md``
@@ -37,6 +42,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import sys
 import time
 import traceback
@@ -489,8 +495,155 @@ def section_compile(run: Run):
         run.record(name, s, section="compile")
 
 
+def kernel_category(name: str) -> str:
+    """A coarse class of a device kernel (or, on CPU, an XLA op) from its name."""
+    low = name.lower()
+    if re.search(r"conv(?!ert)|fprop|dgrad|wgrad|implicit_gemm", low):
+        return "convolution"
+    if any(k in low for k in ("gemm", "cublas", "matmul", "dot")):
+        return "matmul"
+    if any(k in low for k in ("nccl", "allreduce", "all-reduce", "all_reduce")):
+        return "communication"
+    if any(k in low for k in ("memcpy", "memset", "copy")):
+        return "copy"
+    if "reduce" in low:
+        return "fusion with a reduction"
+    if "fusion" in low or low.startswith(("loop_", "input_", "wrapped_")):
+        return "elementwise fusion"
+    return "other"
+
+
+def trace_kernel_times(trace_dir: str) -> dict[str, tuple[float, int]]:
+    """``{kernel name: (total microseconds, count)}`` from a ``jax.profiler`` perfetto trace.
+
+    Device kernels when the trace has a device process (``/device:GPU:...``),
+    else the host's XLA ops (Python frames and executor bookkeeping excluded).
+    """
+    import collections
+    import glob
+    import gzip
+    import json
+
+    paths = glob.glob(os.path.join(trace_dir, "**", "*.json.gz"), recursive=True)
+    with gzip.open(paths[0]) as f:
+        trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    names = {e["pid"]: e.get("args", {}).get("name", "") for e in events
+             if e.get("ph") == "M" and e.get("name") == "process_name"}
+    device = {pid for pid, n in names.items() if "/device:" in n and "host" not in n.lower()}
+    totals: dict[str, list] = collections.defaultdict(lambda: [0.0, 0])
+    for e in events:
+        if e.get("ph") != "X":
+            continue
+        name = e["name"]
+        if device:
+            if e["pid"] not in device:
+                continue
+        elif name.startswith("$") or "::" in name or name.startswith(("Pjit", "end:")):
+            continue
+        totals[name][0] += e.get("dur", 0.0)
+        totals[name][1] += 1
+    return {k: (v[0], v[1]) for k, v in totals.items()}
+
+
+def section_profile(run: Run):
+    """Where the jaxconv (auto) bf16 step spends its device time: kernel classes, top kernels."""
+    import tempfile
+
+    import jax
+
+    case = run.cases.get("jaxconv lax bf16") if hasattr(run, "cases") else None
+    if case is None:
+        case = build(run, "jaxconv lax bf16",
+                     lambda: jaxconv_case(run, "lax", "bf16", data=make_data(run)), compile_cost(run))
+    if case is None:
+        return
+    steps = 3 if run.args.quick else 20
+    for _ in range(3):
+        case.sync(case.run())
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        with jax.profiler.trace(tmp, create_perfetto_trace=True):
+            for _ in range(steps):
+                out = case.run()
+            case.sync(out)
+        wall = (time.perf_counter() - start) / steps
+        kernels = trace_kernel_times(tmp)
+    per_step = {k: (us / steps / 1e3, n // steps) for k, (us, n) in kernels.items()}
+    busy = sum(ms for ms, _ in per_step.values())
+    by_class: dict[str, float] = {}
+    for name, (ms, _) in per_step.items():
+        by_class[kernel_category(name)] = by_class.get(kernel_category(name), 0.0) + ms
+    rows = [[c, fmt(ms, 3), f"{ms / busy:.0%}" if busy else "-"]
+            for c, ms in sorted(by_class.items(), key=lambda kv: -kv[1])]
+    top = sorted(per_step.items(), key=lambda kv: -kv[1][0])[:15]
+    top_rows = [[f"`{name[:70]}`", kernel_category(name), str(n), fmt(ms, 3)]
+                for name, (ms, n) in top]
+    text = (f"Profile of the `jaxconv lax bf16` step ({steps} steps under `jax.profiler`, "
+            f"{wall * 1e3:.2f} ms per step with the profiler on; kernel time summed per "
+            f"step: {busy:.2f} ms):\n\n"
+            + markdown_table(["kernel class", "ms/step", "share of kernel time"], rows)
+            + "\n\nThe 15 longest kernels (per step):\n\n"
+            + markdown_table(["kernel", "class", "calls", "ms"], top_rows))
+    run.extra_tables.append(text)
+    run.partial.write("profile", {"wall_ms": wall * 1e3, "busy_ms": busy,
+                                  "classes": by_class, "top": top})
+    run.log(text)
+
+
+def section_chunks(run: Run):
+    """The patches path with its batch split into chunks (``autotune.PATCH_CHUNK_BYTES``).
+
+    Smaller patch tensors might stay in the GPU's L2 cache between the patch
+    build and the matmul; measured against unchunked patches and lax.
+    """
+    import dataclasses
+
+    import jax
+
+    from jaxconv.ops import autotune
+
+    backend = jax.default_backend()
+    data = make_data(run)
+    cases = []
+    for impl in ("lax", "patches"):
+        name = f"jaxconv {impl} bf16"
+        case = (run.cases.get(name) if hasattr(run, "cases") else None) or build(
+            run, name, lambda impl=impl: jaxconv_case(run, impl, "bf16", data=data),
+            compile_cost(run))
+        if case:
+            cases.append(case)
+    budgets = (1, 4) if run.args.quick else (24, 48)
+    for mb in budgets:
+        saved = autotune.PATCH_CHUNK_BYTES.get(backend)
+        autotune.PATCH_CHUNK_BYTES[backend] = mb << 20
+        try:
+            case = build(run, f"patches, {mb} MB chunks",
+                         lambda: jaxconv_case(run, "patches", "bf16", data=data), compile_cost(run))
+        finally:
+            autotune.PATCH_CHUNK_BYTES[backend] = saved
+        if case:
+            cases.append(dataclasses.replace(case, name=f"jaxconv patches bf16, {mb} MB chunks"))
+    stats = measure_interleaved(cases, rounds=run.args.rounds, warmup=1, target_s=run.args.target,
+                                time_cap_s=min(40, max(run.remaining(), 5)), log=run.log)
+    lax_stats = stats.get("jaxconv lax bf16")
+    rows = []
+    for name, st in stats.items():
+        run.partial.write("chunks", st.as_dict())
+        rows.append([name, fmt(st.rate), fmt(st.median * 1e3, 2), f"{st.spread:.0%}",
+                     ratio(st.rate, lax_stats.rate) if lax_stats else "-"])
+    if rows:
+        run.extra_tables.append(
+            "Patches in batch chunks (bf16 ResNet-9 step, interleaved rounds; the plain patches "
+            f"row is the backend's default budget, {autotune.PATCH_CHUNK_BYTES.get(backend)!r} "
+            "bytes, None = the whole batch):\n\n"
+            + markdown_table(["implementation", "images/s", "ms/call", "spread", "vs lax"], rows))
+        run.log(run.extra_tables[-1])
+
+
 SECTIONS = {"ceilings": section_ceilings, "main": section_main, "spc": section_spc,
-            "f32": section_f32, "micro": section_micro, "compile": section_compile}
+            "f32": section_f32, "micro": section_micro, "compile": section_compile,
+            "profile": section_profile, "chunks": section_chunks}
 
 
 # --------------------------------------------------------------------------
@@ -544,8 +697,8 @@ def write_outputs(run: Run, info: dict, final: bool) -> None:
     if final:
         print("\n" + text, flush=True)
         if not (run.args.no_write or run.args.quick):
-            common.write_section(run.args.results, "gpu", text)
-            run.log(f"wrote the 'gpu' section of {run.args.results}")
+            common.write_section(run.args.results, run.args.section, text)
+            run.log(f"wrote the '{run.args.section}' section of {run.args.results}")
             if run.args.out:
                 with open(run.args.results) as f:
                     common.write_atomic(os.path.join(run.args.out, "RESULTS.md"), f.read())
@@ -565,6 +718,8 @@ def main(argv=None) -> int:
     parser.add_argument("--torch-compile", action="store_true",
                         help="include torch.compile in --quick mode")
     parser.add_argument("--results", default=common.RESULTS_MD)
+    parser.add_argument("--section", default="gpu",
+                        help="the section of the results file to replace (default: gpu)")
     parser.add_argument("--no-write", action="store_true", help="do not update the results file")
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]

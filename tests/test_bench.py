@@ -219,3 +219,29 @@ def test_contains_convolution_sees_nested_jaxprs():
     patches = jc.serial(jc.Conv(2, 3, impl="patches"), jc.Flatten(), jc.Dense(2))
     grad_patches = jax.make_jaxpr(jax.jit(jax.grad(lambda p: loss(p, patches))))(params)
     assert not contains_convolution(grad_patches)
+
+
+def test_gpu_profile_kernel_classes_and_trace_parsing(tmp_path):
+    import gzip
+
+    import gpu  # benchmarks/gpu.py
+
+    cases = {"sm90_xmma_fprop_implicit_gemm_bf16": "convolution",
+             "cudnn_infer_dgrad_kernel": "convolution", "convolution.12": "convolution",
+             "convert_select_fusion": "elementwise fusion", "loop_multiply_fusion": "elementwise fusion",
+             "input_reduce_fusion_3": "fusion with a reduction", "cutlass_gemm_relu": "matmul",
+             "Memcpy DtoD": "copy", "nccl_allreduce": "communication", "rng_kernel": "other"}
+    for name, want in cases.items():
+        assert gpu.kernel_category(name) == want, name
+    events = [
+        {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
+        {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/device:GPU:0"}},
+        {"ph": "X", "pid": 1, "name": "host_op", "dur": 100.0},
+        {"ph": "X", "pid": 2, "name": "fprop", "dur": 5.0},
+        {"ph": "X", "pid": 2, "name": "fprop", "dur": 7.0},
+        {"ph": "X", "pid": 2, "name": "loop_fusion", "dur": 1.0},
+    ]
+    os.makedirs(tmp_path / "plugins" / "profile")
+    with gzip.open(tmp_path / "plugins" / "profile" / "t.trace.json.gz", "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    assert gpu.trace_kernel_times(str(tmp_path)) == {"fprop": (12.0, 2), "loop_fusion": (1.0, 1)}
