@@ -671,15 +671,18 @@ def report(run: Run, info: dict) -> str:
     ceil = (f"measured ceilings: bf16 matmul {fmt(mm, 1)} TFLOP/s, device copy "
             f"{fmt(run.ceilings.get('copy_gbs'), 0)} GB/s (read + write)")
     parts = [
-        "## GPU: ResNet-9 training (`benchmarks/gpu.py`)",
+        "## GPU: ResNet-9 training (`benchmarks/gpu.py"
+        + ("" if a.section_list == list(SECTIONS) else f" --sections {','.join(a.section_list)}")
+        + "`)",
         common.describe_machine(info),
         f"- {ceil}",
         f"- ResNet-9 width {a.width}, batch {a.batch}, {a.size}x{a.size}x3 random data, SGD Nesterov "
         f"(momentum 0.9), {resnet9_train_flops(a.size, a.width) / 1e9:.2f} GFLOP per image per "
         f"training step (3x the forward convolutions and classifier); median of up to {a.rounds} "
         f"interleaved rounds per section; `spc=10` rows process 10 batches per call.",
-        table,
     ]
+    if rows:
+        parts.append(table)
     parts += run.extra_tables
     if run.micro_rows:
         parts.append("ResNet-9 convolution layers alone (bf16, batch "
@@ -722,7 +725,7 @@ def main(argv=None) -> int:
                         help="the section of the results file to replace (default: gpu)")
     parser.add_argument("--no-write", action="store_true", help="do not update the results file")
     args = parser.parse_args(argv)
-    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    sections = args.section_list = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown section(s) {unknown}; expected some of {list(SECTIONS)}")
