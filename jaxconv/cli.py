@@ -37,7 +37,8 @@ def _build(config: dict):
     from jaxconv.models import get_model
     from jaxconv.train import make_optimizer
 
-    model = get_model(config["model"], num_classes=config["num_classes"])
+    model = get_model(config["model"], num_classes=config["num_classes"],
+                      impl=config.get("impl", "auto"))
     optimizer = make_optimizer(config["optimizer"], config["lr"], schedule=config["schedule"],
                                total_steps=config["total_steps"], weight_decay=config["weight_decay"])
     return model, optimizer, _loss_fn(config["label_smoothing"])
@@ -116,6 +117,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from jaxconv.data import load_dataset, parse_augment
     from jaxconv.train import NonFiniteLossError, fit
 
+    for flag, value in (("--batch-size", args.batch_size), ("--steps-per-call", args.steps_per_call)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
     data = load_dataset(args.dataset, args.data_dir)
     epochs = args.epochs if args.epochs is not None else (30 if data.name == "digits" else 10)
     augment_spec = DEFAULT_AUGMENT[data.name] if args.augment == "auto" else args.augment
@@ -125,8 +129,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         "input_shape": list(data.input_shape), "optimizer": args.optimizer, "lr": args.lr,
         "schedule": args.schedule, "weight_decay": args.weight_decay,
         "label_smoothing": args.label_smoothing, "augment": augment_spec, "epochs": epochs,
-        "batch_size": args.batch_size, "seed": args.seed,
-        "total_steps": epochs * (len(data.train.labels) // args.batch_size),
+        "batch_size": args.batch_size, "seed": args.seed, "impl": args.impl,
+        "steps_per_call": args.steps_per_call,
+        "total_steps": epochs * args.steps_per_call
+        * (len(data.train.labels) // (args.batch_size * args.steps_per_call)),
     }
     model, optimizer, loss_fn = _build(config)
     say = print if parallel.is_primary() else (lambda *a, **k: None)
@@ -135,6 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"({len(data.train.labels)} train / {len(data.test.labels)} test), {epochs} epochs, "
         f"batch {args.batch_size}, {args.optimizer} lr {args.lr} ({args.schedule}), "
         f"label smoothing {args.label_smoothing}, augment {augment_spec}, seed {args.seed}, "
+        f"conv impl {args.impl}, {args.steps_per_call} step(s) per call, "
         f"backend {jax.default_backend()}, {devices} device(s), {jax.process_count()} process(es)")
     checkpoint_dir = os.path.join(args.out, "checkpoints")
     if args.resume:
@@ -142,6 +149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         state, history = fit(model, optimizer, data.train, test=data.test, epochs=epochs,
                              batch_size=args.batch_size, loss_fn=loss_fn, seed=args.seed,
+                             steps_per_call=args.steps_per_call,
                              progress=not args.no_progress, augment=augment,
                              checkpoint_dir=checkpoint_dir, checkpoint_every=args.checkpoint_every,
                              keep=args.keep, resume=args.resume, metadata={"config": config}, mesh=mesh)
@@ -287,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=None, help="default 30 on digits, else 10")
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--impl", default="auto", choices=["auto", "lax", "patches"],
+                       help="convolution implementation (default: auto, per backend and shape)")
+    train.add_argument("--steps-per-call", type=int, default=1, metavar="K",
+                       help="optimizer steps per compiled call (default 1)")
     train.add_argument("--out", default="runs/latest", help="output directory")
     train.add_argument("--checkpoint-every", type=int, default=None,
                        help="also checkpoint every N steps (always at the end of each epoch)")

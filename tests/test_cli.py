@@ -59,6 +59,18 @@ def test_train_resume_continues_from_the_checkpoint(tmp_path, capsys):
     assert "was written with other options (lr: 0.003 -> 0.5)" in capsys.readouterr().err
 
 
+def test_train_impl_and_steps_per_call(tmp_path, capsys):
+    out = str(tmp_path / "spc")
+    assert main(["train", "--epochs", "1", "--batch-size", "128", "--out", out, "--no-progress",
+                 "--no-plots", "--impl", "patches", "--steps-per-call", "2"]) == 0
+    assert "conv impl patches, 2 step(s) per call" in capsys.readouterr().out
+    config = json.load(open(os.path.join(out, "metrics.json")))["config"]
+    # 1437 images: 5 calls of 2 x 128 per epoch, the rest dropped.
+    assert (config["impl"], config["steps_per_call"], config["total_steps"]) == ("patches", 2, 10)
+    assert main(["evaluate", "--out", out]) == 0
+    assert "step 10, digits_cnn on digits" in capsys.readouterr().out
+
+
 def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys):
     assert main(["evaluate", "--out", str(tmp_path / "nothing")]) == 1
     assert "no checkpoint in" in capsys.readouterr().err
@@ -66,5 +78,8 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys):
     assert "unknown item 'rotate'" in capsys.readouterr().err
     assert main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path)]) == 2
     assert "missing train-images-idx3-ubyte.gz" in capsys.readouterr().err
+    for flag in ("--steps-per-call", "--batch-size"):
+        assert main(["train", flag, "0", "--out", str(tmp_path)]) == 2
+        assert f"{flag} must be >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--optimizer", "lbfgs"])
