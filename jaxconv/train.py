@@ -13,7 +13,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxconv.parallel import (barrier, batch_sharding, check_batch_size, check_mesh, data_size, is_primary,
+from jaxconv.parallel import (barrier, batch_sharding, check_batch_size, check_mesh, data_size, fetch, is_primary,
                               replicate, replicated_sharding, shard_batch)
 from jaxconv.core import Layer, PyTree
 from jaxconv.data import Split, batches_per_epoch, epoch_batches
@@ -50,9 +50,17 @@ def create_train_state(
       input_shape: input shape including the batch dimension (may be ``-1``).
       optimizer: an Optax transformation.
     """
-    init_key, train_key = jax.random.split(key)
-    _, params, state = model.init(init_key, tuple(input_shape))
-    return TrainState(jnp.zeros((), jnp.int32), params, state, optimizer.init(params), train_key)
+    input_shape = tuple(input_shape)
+
+    @jax.jit
+    def build(key):
+        # One compiled program: eager initialisers would compile once per kernel shape.
+        init_key, train_key = jax.random.split(key)
+        _, params, state = model.init(init_key, input_shape)
+        return TrainState(jnp.zeros((), jnp.int32), params, state, optimizer.init(params),
+                          train_key)
+
+    return build(key)
 
 
 LossFn = Callable[[Any, Any], Any]
@@ -326,9 +334,12 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def _all_finite(tree: PyTree) -> bool:
-    leaves = [x for x in jax.tree_util.tree_leaves(tree)
-              if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-    return all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
+    """Whether every float leaf of the (replicated) ``tree`` is finite, checked on the host.
+
+    NumPy on host copies: no compilation per leaf shape, as eager JAX ops would need.
+    """
+    return all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(fetch(tree))
+               if jnp.issubdtype(x.dtype, jnp.inexact))
 
 
 def fit(

@@ -151,10 +151,22 @@ def test_unknown_data_set_and_env_default(tmp_path, monkeypatch):
     assert len(load_dataset("mnist").test.labels) == 3
 
 
-def test_digits_split():
+def test_digits_split_is_scikit_learns():
+    """The embedded split equals scikit-learn's digits under the documented train_test_split."""
+    pytest.importorskip("sklearn")
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     ds = load_dataset("digits")
     assert ds.train.images.shape == (1437, 8, 8, 1) and ds.test.images.shape == (360, 8, 8, 1)
-    assert 0.0 <= ds.train.images.min() and ds.train.images.max() <= 1.0
+    assert ds.train.images.dtype == np.float32 and ds.train.labels.dtype == np.int32
+    bunch = load_digits()
+    images = (bunch.images / 16.0).astype(np.float32)[..., None]
+    x_tr, x_te, y_tr, y_te = train_test_split(images, bunch.target.astype(np.int32), test_size=0.2,
+                                              stratify=bunch.target, random_state=0)
+    for got, want in ((ds.train.images, x_tr), (ds.test.images, x_te),
+                      (ds.train.labels, y_tr), (ds.test.labels, y_te)):
+        np.testing.assert_array_equal(got, want)
 
 
 # ---------------------------------------------------------------------------
