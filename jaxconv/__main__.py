@@ -1,3 +1,3 @@
-from jaxconv.cli import main
+from jaxconv.cli import run
 
-raise SystemExit(main())
+raise SystemExit(run())

@@ -1,4 +1,8 @@
-"""Process settings that make XLA:CPU training faster.
+"""Process settings that make training start and run faster.
+
+``enable_compilation_cache()``: JAX's persistent compilation cache, so that
+a second run of the same program loads its compiled steps from disk instead
+of compiling them again (``jaxconv train`` on the digits: 10 s -> 5 s).
 
 ``retain_host_memory()``: XLA:CPU allocates each executable's temporary buffer,
 and every output, with ``malloc`` on every call. glibc serves large blocks
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import platform
 import warnings
 
@@ -89,3 +94,42 @@ def retain_host_memory(*, warn: bool = True) -> bool:
         return False
     _retained = True
     return True
+
+
+# ``JAXCONV_COMPILATION_CACHE``: a directory, or one of these to turn the cache off.
+CACHE_ENV = "JAXCONV_COMPILATION_CACHE"
+CACHE_OFF = ("", "0", "off", "false", "no")
+
+
+def default_cache_dir() -> str:
+    """``$XDG_CACHE_HOME/jaxconv/xla`` (``~/.cache/jaxconv/xla`` by default)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "jaxconv", "xla")
+
+
+def enable_compilation_cache(directory: str | None = None) -> str | None:
+    """Turns on JAX's persistent compilation cache for every compiled function.
+
+    Leaves an existing setting alone (``jax_compilation_cache_dir`` set by the
+    user, e.g. through ``JAX_COMPILATION_CACHE_DIR``).
+
+    Args:
+      directory: where to keep the cache; default ``$JAXCONV_COMPILATION_CACHE``
+        if set (``0``, ``off`` or empty turn the cache off), else
+        :func:`default_cache_dir`.
+
+    Returns:
+      The cache directory in use, or ``None`` when the cache is off.
+    """
+    import jax  # noqa: PLC0415
+
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    if directory is None:
+        directory = os.environ.get(CACHE_ENV, default_cache_dir())
+        if directory.strip().lower() in CACHE_OFF:
+            return None
+    jax.config.update("jax_compilation_cache_dir", directory)
+    # Cache every compilation: the small ones add up to seconds at start-up.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return directory
