@@ -57,6 +57,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
+from jaxconv.ops.autotune import patch_chunk_bytes
 from jaxconv.ops.conv import (ConvSpec, Padding, conv_output_shape, expand,
                               general_output_size, padding_pairs)
 
@@ -195,16 +196,14 @@ def patches_conv_general(x: Any, kernel: Any, spec: ConvSpec, *,
         ``conv_transpose_output_shape``.
       batch_chunk: images per chunk (see ``_conv_in_batch_chunks``). By default
         chunks are sized so that one chunk's patch tensor holds at most
-        ``jaxconv.ops.autotune.patch_chunk_bytes()`` (on CPU a few MB, which
-        stay in cache between the patch build and the matmul, and are reused
-        from chunk to chunk instead of being allocated afresh each step; on
+        ``jaxconv.ops.autotune.patch_chunk_bytes()`` (on CPU 8 MB, which stay
+        in cache between the patch build and the matmul, and are reused from
+        chunk to chunk instead of being allocated afresh each step; on
         accelerators the whole batch).
 
     Returns:
       ``(N, *out_spatial, F)``.
     """
-    from jaxconv.ops.autotune import patch_chunk_bytes  # noqa: PLC0415 (import cycle)
-
     spec = spec._replace(
         strides=tuple(spec.strides), padding=tuple(map(tuple, spec.padding)),
         lhs_dilation=tuple(spec.lhs_dilation), rhs_dilation=tuple(spec.rhs_dilation))
