@@ -24,8 +24,11 @@ import jax
 
 TABLE: list[dict[str, str]] = [
     {"backend": "cpu", "op": "*", "shape": "narrow", "impl": "patches",
-     "note": "RESULTS.md cpu: fewer than 64 input channels (MNIST CNN, digits): patches "
-             "1.0-2.0x lax in fwd+bwd, MNIST step 1.5x faster than with lax"},
+     "note": "RESULTS.md cpu: fewer than 64 input channels: the MNIST CNN step 1.6-1.9x "
+             "faster than with lax, the digits CNN step 1.1x. Layer by layer "
+             "(RESULTS.md cpu-autotune) patches wins 1.2-1.9x on unpadded (VALID) layers "
+             "but loses up to 2.5x on small padded ones (batch 32 or 8x8 maps, SAME); "
+             "the full steps decide here"},
     {"backend": "cpu", "op": "*", "shape": "*", "impl": "lax",
      "note": "RESULTS.md cpu: 64-256 channels, XLA:CPU's convolution is 1.2-2.9x patches"},
     {"backend": "gpu", "op": "*", "shape": "*", "impl": "lax",
