@@ -24,7 +24,7 @@ import jax
 
 TABLE: list[dict[str, str]] = [
     {"backend": "cpu", "op": "*", "shape": "narrow", "impl": "patches",
-     "note": "RESULTS.md cpu: fewer than 64 input channels: the MNIST CNN step 1.5-1.9x "
+     "note": "RESULTS.md cpu: fewer than 64 input channels: the MNIST CNN step 1.5-1.7x "
              "faster than with lax (the digits CNN step 1.1x: 6.3 vs 6.9 ms, batch 64, "
              "interleaved, 2026-11-28). Layer by layer "
              "(RESULTS.md cpu-autotune) patches wins 1.2-1.9x on unpadded (VALID) layers "
