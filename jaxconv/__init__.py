@@ -13,7 +13,7 @@ import importlib
 from jaxconv import ops
 from jaxconv.core import (Layer, count_params, fan_in_concat, fan_in_sum, fan_out, parallel,
                           residual, serial)
-from jaxconv import models
+from jaxconv import models, runtime
 from jaxconv.data import load_dataset
 from jaxconv.layers import *  # noqa: F401,F403
 from jaxconv.layers import __all__ as _layers_all
@@ -29,7 +29,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Layer", "serial", "parallel", "fan_out", "fan_in_sum", "fan_in_concat", "residual",
-    "count_params", "ops", "models", "load_dataset", "cross_entropy", "square_loss", "accuracy",
+    "count_params", "ops", "models", "runtime", "load_dataset", "cross_entropy", "square_loss",
+    "accuracy",
     "TrainState", "create_train_state", "make_train_step", "evaluate", "fit", "summary",
     *_layers_all,
 ]
