@@ -83,3 +83,26 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys):
         assert f"{flag} must be >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--optimizer", "lbfgs"])
+
+
+def test_the_program_caches_compilations(tmp_path):
+    """``python -m jaxconv`` (cli.run) turns on the compilation cache; ``main`` alone does not."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cache = tmp_path / "cache"
+    env = dict(os.environ, JAXCONV_COMPILATION_CACHE=str(cache), JAX_PLATFORMS="cpu",
+               PYTHONPATH=root)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    proc = subprocess.run([sys.executable, "-m", "jaxconv", "train", "--model", "seed_mlp",
+                           "--epochs", "1", "--batch-size", "256", "--no-progress", "--no-plots",
+                           "--out", str(tmp_path / "run")], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "final test accuracy" in proc.stdout
+    assert any(files for _, _, files in os.walk(cache)), "nothing was cached"
+    import jax
+
+    assert main(["summary", "seed_mlp"]) == 0
+    assert not jax.config.jax_compilation_cache_dir  # main in this process left JAX alone
