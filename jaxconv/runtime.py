@@ -40,9 +40,6 @@ M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 TRIM_THRESHOLD_MAX = 2**31 - 1
 
-GLIBC_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
-                  f"glibc.malloc.trim_threshold={TRIM_THRESHOLD_MAX}")
-
 _retained = False
 
 

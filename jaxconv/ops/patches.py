@@ -138,6 +138,7 @@ def _conv_general_jvp(spec, primals, tangents):
 
 _conv_general.defjvp(_conv_general_jvp, symbolic_zeros=True)
 
+
 def _conv_in_batch_chunks(x, kernel, spec, chunk):
     """``_conv_general`` over the batch in chunks of ``chunk`` images (``lax.map``).
 
