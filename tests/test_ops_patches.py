@@ -17,19 +17,28 @@ from jaxconv.ops.patches import batch_chunk_size, extract_patches, patches_conv_
 HIGHEST = lax.Precision.HIGHEST
 
 
-def _primitives(jaxpr):
-    """Names of every primitive in a (closed) jaxpr, sub-jaxprs included."""
-    names = []
+def _equations(jaxpr):
+    """Every equation of a jaxpr, those of its sub-jaxprs included (depth first)."""
     for eqn in jaxpr.eqns:
-        names.append(eqn.primitive.name)
+        yield eqn
         for param in eqn.params.values():
             subs = param if isinstance(param, (tuple, list)) else [param]
             for sub in subs:
                 if hasattr(sub, "eqns"):  # a Jaxpr
-                    names += _primitives(sub)
+                    yield from _equations(sub)
                 elif hasattr(getattr(sub, "jaxpr", None), "eqns"):  # a ClosedJaxpr
-                    names += _primitives(sub.jaxpr)
-    return names
+                    yield from _equations(sub.jaxpr)
+
+
+def _primitives(jaxpr):
+    """Names of every primitive in a jaxpr, sub-jaxprs included."""
+    return [eqn.primitive.name for eqn in _equations(jaxpr)]
+
+
+def _concatenate_shapes(jaxpr):
+    """Output shapes of every concatenate (the patch tensors), sub-jaxprs included."""
+    return [eqn.outvars[0].aval.shape for eqn in _equations(jaxpr)
+            if eqn.primitive.name == "concatenate"]
 
 
 def _rand(shape, seed=0, dtype=jnp.float32):
@@ -187,18 +196,7 @@ def test_batch_chunked_jaxprs_have_no_convolution_and_small_patch_tensors():
         assert "scan" in prims and "dot_general" in prims
         assert not any("conv" in p or "scatter" in p or "gather" in p for p in prims), prims
     # Every patch tensor (the concatenates) holds 2 images, forward and backward.
-    shapes = []
-
-    def walk(jaxpr):
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "concatenate" and eqn.outvars[0].aval.shape[-1] == 27:
-                shapes.append(eqn.outvars[0].aval.shape)
-            for param in eqn.params.values():
-                sub = getattr(param, "jaxpr", param)
-                if hasattr(sub, "eqns"):
-                    walk(sub)
-
-    walk(jaxprs[1].jaxpr)
+    shapes = [s for s in _concatenate_shapes(jaxprs[1].jaxpr) if s[-1] == 27]
     assert shapes and all(s[0] == 2 for s in shapes), shapes
 
 
@@ -220,18 +218,7 @@ def test_default_chunks_bound_the_patch_memory(monkeypatch):
     monkeypatch.setitem(autotune.PATCH_CHUNK_BYTES, jax.default_backend(), 64 * 1024)
     x, w = _rand((16, 12, 12, 8)), _rand((3, 3, 8, 4), seed=1)
     jaxpr = jax.make_jaxpr(jax.grad(lambda x, w: jnp.sum(conv(x, w, impl="patches")), (0, 1)))(x, w)
-    sizes = []
-
-    def walk(jaxpr):
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "concatenate":
-                sizes.append(np.prod(eqn.outvars[0].aval.shape) * 4)
-            for param in eqn.params.values():
-                sub = getattr(param, "jaxpr", param)
-                if hasattr(sub, "eqns"):
-                    walk(sub)
-
-    walk(jaxpr.jaxpr)
+    sizes = [np.prod(shape) * 4 for shape in _concatenate_shapes(jaxpr.jaxpr)]
     assert sizes and max(sizes) <= 64 * 1024, sizes
     np.testing.assert_allclose(conv(x, w, impl="patches"), conv(x, w, impl="lax", precision=HIGHEST),
                                rtol=1e-5, atol=1e-5)

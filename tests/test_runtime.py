@@ -37,11 +37,16 @@ print(json.dumps({"applied": applied, "faults": sorted(faults)[5]}))  # the medi
 """
 
 
-def _probe(mode):
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True,
-                         check=True, env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"},
+def _run_python(code, *args, **env):
+    """Runs ``code`` in a fresh CPU-only process; its last stdout line, parsed as JSON."""
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                         check=True, env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", **env},
                          cwd=runtime.__file__.rsplit("/jaxconv/", 1)[0])
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _probe(mode):
+    return _run_python(PROBE, mode)
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc only")
@@ -73,11 +78,7 @@ print(json.dumps({"used": used}))
 
 
 def _cache_probe(tmp_path, **env):
-    base = {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home")}
-    out = subprocess.run([sys.executable, "-c", CACHE_PROBE], capture_output=True, text=True,
-                         check=True, env={**base, **env},
-                         cwd=runtime.__file__.rsplit("/jaxconv/", 1)[0])
-    return json.loads(out.stdout.strip().splitlines()[-1])["used"]
+    return _run_python(CACHE_PROBE, HOME=str(tmp_path / "home"), **env)["used"]
 
 
 def _files(path):
