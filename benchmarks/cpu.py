@@ -141,8 +141,13 @@ class Holder:
         self.value = value
 
 
-def training_cases(batch: int, size: int, impls, peers=True, log=print) -> list[Case]:
-    """One training-step ``Case`` per implementation, all on the same random batch."""
+def training_cases(batch: int, size: int, impls, peers=True, log=print,
+                   model_fn=jaxconv_model) -> list[Case]:
+    """One training-step ``Case`` per implementation, all on the same random batch.
+
+    ``model_fn(impl)`` builds jaxconv's network (default: the MNIST CNN); the
+    peers (Flax, PyTorch, plain JAX) are always the MNIST CNN.
+    """
     import jax
     import numpy as np
     import optax
@@ -156,7 +161,7 @@ def training_cases(batch: int, size: int, impls, peers=True, log=print) -> list[
     cases = []
 
     for impl in impls:
-        model = jaxconv_model(impl)
+        model = model_fn(impl)
         opt = optax.adam(1e-3)
         step = jc.make_train_step(model, opt)
         holder = Holder(jc.create_train_state(model, jax.random.PRNGKey(0), (-1, size, size, 1), opt))

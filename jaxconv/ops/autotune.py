@@ -25,13 +25,13 @@ import jax
 TABLE: list[dict[str, str]] = [
     {"backend": "cpu", "op": "*", "shape": "narrow", "impl": "patches",
      "note": "RESULTS.md cpu: fewer than 64 input channels: the MNIST CNN step 1.5-1.7x "
-             "faster than with lax (the digits CNN step 1.1x: 6.3 vs 6.9 ms, batch 64, "
-             "interleaved, 2026-11-28). Layer by layer "
-             "(RESULTS.md cpu-autotune) patches wins 1.2-1.9x on unpadded (VALID) layers "
-             "but loses up to 2.5x on small padded ones (batch 32 or 8x8 maps, SAME); "
-             "the full steps decide here"},
+             "faster than with lax; RESULTS.md cpu-autotune: the digits CNN step 1.12x. "
+             "Layer by layer (cpu-autotune) patches wins 1.1-2.5x on all but one unpadded "
+             "(VALID) layer but loses up to 2.3x on small padded ones (batch 32 or 8x8 "
+             "maps, SAME); the full steps decide here"},
     {"backend": "cpu", "op": "*", "shape": "*", "impl": "lax",
-     "note": "RESULTS.md cpu: 64-256 channels, XLA:CPU's convolution is 1.2-2.9x patches"},
+     "note": "RESULTS.md cpu: 64-256 channels, XLA:CPU's convolution is 1.15-1.3x patches "
+             "in fwd+bwd"},
     {"backend": "gpu", "op": "*", "shape": "*", "impl": "lax",
      "note": "default: cuDNN convolutions"},
     {"backend": "tpu", "op": "*", "shape": "*", "impl": "lax",
