@@ -22,6 +22,7 @@ import gzip
 import os
 import zlib
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -249,17 +250,31 @@ def epoch_batches(
     if per_item > n:
         raise ValueError(
             f"epoch_batches: batch_size * steps_per_call = {per_item} exceeds the {n} examples")
-    n_items = n // per_item
-    # One index row per item; gathering a row has the same shapes for every
-    # item, so eager dispatch compiles one program, not one per slice.
-    order = jax.random.permutation(key, n)[:n_items * per_item].reshape(n_items, per_item)
+    order = _epoch_order(key, n, n // per_item, per_item)
     images, labels = jnp.asarray(images), jnp.asarray(labels)
-    for i in range(start, n_items):
-        xb, yb = images[order[i]], labels[order[i]]
-        if steps_per_call > 1:
-            xb = xb.reshape((steps_per_call, batch_size) + xb.shape[1:])
-            yb = yb.reshape((steps_per_call, batch_size) + yb.shape[1:])
-        yield xb, yb
+    for i in range(start, order.shape[0]):
+        yield _take_item(images, labels, order, i, steps_per_call)
+
+
+@partial(jax.jit, static_argnums=(1, 2, 3))
+def _epoch_order(key: Any, n: int, n_items: int, per_item: int) -> Any:
+    """A permutation of ``range(n)``, cut to ``(n_items, per_item)``: one index row per item."""
+    return jax.random.permutation(key, n)[:n_items * per_item].reshape(n_items, per_item)
+
+
+@partial(jax.jit, static_argnums=(4,))
+def _take_item(images: Any, labels: Any, order: Any, i: Any, steps_per_call: int) -> tuple[Any, Any]:
+    """Item ``i``: the rows ``order[i]``, stacked ``(steps_per_call, batch, ...)`` when K > 1.
+
+    One compiled program serves every item and epoch (eager indexing cost about
+    1 ms of dispatch per batch, 1.5 s of a 15-epoch digits run).
+    """
+    idx = order[i]
+    xb, yb = images[idx], labels[idx]
+    if steps_per_call > 1:
+        xb = xb.reshape((steps_per_call, -1) + xb.shape[1:])
+        yb = yb.reshape((steps_per_call, -1) + yb.shape[1:])
+    return xb, yb
 
 
 def batches_per_epoch(n: int, batch_size: int, steps_per_call: int = 1) -> int:
