@@ -52,7 +52,6 @@ def create_train_state(
     """
     input_shape = tuple(input_shape)
 
-    @jax.jit
     def build(key):
         # One compiled program: eager initialisers would compile once per kernel shape.
         init_key, train_key = jax.random.split(key)
@@ -60,7 +59,11 @@ def create_train_state(
         return TrainState(jnp.zeros((), jnp.int32), params, state, optimizer.init(params),
                           train_key)
 
-    return build(key)
+    # It runs once, so on CPU it is compiled without LLVM's optimisations: the
+    # digits CNN's init compiles in 0.6 s instead of 1.8 s and runs 9 ms longer;
+    # ResNet-9's in 1.2 s instead of 3.8 s, running 0.5 s longer.
+    options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+    return jax.jit(build).lower(key).compile(compiler_options=options)(key)
 
 
 LossFn = Callable[[Any, Any], Any]
