@@ -129,17 +129,8 @@ def conv_output_shape(
     """
     check_padding_mode(padding_mode, where)
     input_shape, kernel_shape = tuple(input_shape), tuple(kernel_shape)
-    nd = len(kernel_shape) - 2
-    if nd not in (1, 2, 3):
-        raise ValueError(
-            f"{where}: kernel must have rank 3, 4 or 5 (*kernel_size, C_in // groups, C_out), "
-            f"got shape {kernel_shape}")
-    if len(input_shape) != nd + 2:
-        raise ValueError(
-            f"{where}: expected input of rank {nd + 2} (N, *spatial[{nd}], C) for a {nd}-D "
-            f"kernel, got shape {input_shape}")
-    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(f"{where}: groups must be a positive int, got {groups!r}")
+    nd = _check_ranks(input_shape, kernel_shape, groups, where,
+                      "(*kernel_size, C_in // groups, C_out)")
     c_in, c_out = input_shape[-1], kernel_shape[-1]
     if c_in % groups:
         raise ValueError(f"{where}: groups={groups} must divide the {c_in} input channels")
@@ -200,6 +191,7 @@ def transpose_padding_pairs(
 
 
 def _check_ranks(input_shape, kernel_shape, groups, where, layout):
+    """Checks the ranks of a convolution's input and kernel (and ``groups``); returns ``nd``."""
     nd = len(kernel_shape) - 2
     if nd not in (1, 2, 3):
         raise ValueError(
