@@ -193,6 +193,18 @@ def test_epoch_batches_order_depends_only_on_the_key_and_start_skips():
         next(epoch_batches(key, x, y, 21))
 
 
+def test_epoch_batches_compile_once_for_every_item_and_epoch():
+    """Items are gathered by one compiled program (not eager indexing, one dispatch per op)."""
+    x = np.arange(40, dtype=np.float32).reshape(40, 1, 1, 1)
+    y = np.arange(40, dtype=np.int32)
+    before = data._take_item._cache_size(), data._epoch_order._cache_size()
+    for epoch in range(3):
+        for xb, yb in epoch_batches(jax.random.PRNGKey(epoch), x, y, 7):
+            np.testing.assert_array_equal(np.asarray(xb).ravel(), np.asarray(yb))
+    assert (data._take_item._cache_size(), data._epoch_order._cache_size()) == (
+        before[0] + 1, before[1] + 1)
+
+
 # ---------------------------------------------------------------------------
 # augmentation
 
