@@ -114,7 +114,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from jaxconv import parallel
 
-    from jaxconv.data import load_dataset, parse_augment
+    from jaxconv.data import batches_per_epoch, load_dataset, parse_augment
     from jaxconv.train import NonFiniteLossError, fit
 
     for flag, value in (("--batch-size", args.batch_size), ("--steps-per-call", args.steps_per_call)):
@@ -131,8 +131,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "label_smoothing": args.label_smoothing, "augment": augment_spec, "epochs": epochs,
         "batch_size": args.batch_size, "seed": args.seed, "impl": args.impl,
         "steps_per_call": args.steps_per_call,
-        "total_steps": epochs * args.steps_per_call
-        * (len(data.train.labels) // (args.batch_size * args.steps_per_call)),
+        "total_steps": epochs * args.steps_per_call * batches_per_epoch(
+            len(data.train.labels), args.batch_size, args.steps_per_call),
     }
     model, optimizer, loss_fn = _build(config)
     say = print if parallel.is_primary() else (lambda *a, **k: None)
