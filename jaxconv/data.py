@@ -250,15 +250,16 @@ def epoch_batches(
     if per_item > n:
         raise ValueError(
             f"epoch_batches: batch_size * steps_per_call = {per_item} exceeds the {n} examples")
-    order = _epoch_order(key, n, n // per_item, per_item)
+    order = _epoch_order(key, n, per_item)
     images, labels = jnp.asarray(images), jnp.asarray(labels)
     for i in range(start, order.shape[0]):
         yield _take_item(images, labels, order, i, steps_per_call)
 
 
-@partial(jax.jit, static_argnums=(1, 2, 3))
-def _epoch_order(key: Any, n: int, n_items: int, per_item: int) -> Any:
-    """A permutation of ``range(n)``, cut to ``(n_items, per_item)``: one index row per item."""
+@partial(jax.jit, static_argnums=(1, 2))
+def _epoch_order(key: Any, n: int, per_item: int) -> Any:
+    """A permutation of ``range(n)`` as whole rows of ``per_item``: one index row per item."""
+    n_items = n // per_item
     return jax.random.permutation(key, n)[:n_items * per_item].reshape(n_items, per_item)
 
 
