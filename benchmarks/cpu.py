@@ -10,12 +10,17 @@ Sections (``--sections``, comma-separated; default all):
 * ``step``: one training step of the MNIST CNN (28x28x1 -> Conv 32 3x3 VALID
   -> ReLU -> Conv 64 3x3 VALID -> ReLU -> MaxPool 2 -> Dense 128 -> ReLU ->
   Dense 10; batch 128; float32; Adam 1e-3; softmax cross-entropy) in jaxconv
-  (``impl`` lax, patches, auto), plain JAX with ``lax.conv_general_dilated``,
+  (``impl`` lax, patches, auto, and patches with the row-shift form off),
+  plain JAX with ``lax.conv_general_dilated``,
   Flax linen and PyTorch eager (``torch.set_num_threads(cores)``). All cases
   live in one process and are timed in interleaved rounds after a warm-up.
 * ``micro``: convolution forward and forward+backward, per implementation, for
   the network's layer shapes and wider 64-256 channel layers (and PyTorch's
   ``conv2d`` for reference).
+* ``rows``: forward+backward of 3x3 layers (1-256 channels, VALID and SAME)
+  with the patches path's full patch tensor, with its default (the row-shift
+  form where ``autotune.PATCH_ROWS`` takes it) and with lax: the measurements
+  behind the CPU rule.
 * ``layer``: the ``Conv`` layer (lax impl) against a bare
   ``lax.conv_general_dilated`` call, forward and forward+backward.
 * ``spc``: ``make_train_step(steps_per_call=10)`` against ``steps_per_call=1``,
@@ -31,6 +36,7 @@ dropout layer (the peers have none).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import shutil
@@ -39,10 +45,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 from common import Case, fmt, markdown_table, measure_interleaved, ratio  # noqa: E402
+from jaxconv.bench import ConvShape  # noqa: E402
 
 NUM_CLASSES = 10
 
@@ -223,9 +231,28 @@ def training_cases(batch: int, size: int, impls, peers=True, log=print,
 # Sections.
 
 
+@contextlib.contextmanager
+def full_patch_tensor():
+    """``impl="patches"`` without its row-shift form while tracing (jit traces on first call)."""
+    from jaxconv.ops import autotune
+
+    with mock.patch.dict(autotune.PATCH_ROWS, clear=True):
+        yield
+
+
+def compiled(case: Case) -> Case:
+    """``case`` after one call (which traces and compiles it)."""
+    case.sync(case.run())
+    return case
+
+
 def section_step(args, log):
     impls = ["lax", "patches", "auto"]
     cases = training_cases(args.batch, args.size, impls, log=log)
+    with full_patch_tensor():
+        full = compiled(training_cases(args.batch, args.size, ["patches"], peers=False)[0])
+    full.name = "jaxconv patches, full patch tensor"
+    cases.insert(len(impls), full)
     stats = measure_interleaved(cases, rounds=args.rounds, target_s=args.target, log=log)
     peers = {"PyTorch": next((s for n, s in stats.items() if n.startswith("PyTorch")), None),
              "Flax": stats.get("Flax linen"), "plain lax": stats.get("JAX lax.conv (plain)")}
@@ -291,6 +318,55 @@ def torch_conv_rows(shapes, rounds, target, log):
                 rows.append({"shape": shape, "impl": "torch", "mode": mode, "stats": s,
                              "gflops": s.flops_rate / 1e9})
     return rows
+
+
+ROWS_SHAPES = tuple(
+    ConvShape(f"c{c} {size}x{size} {pad}", batch, size, c, f, padding=pad)
+    for pad in ("VALID", "SAME")
+    for batch, size, c, f in ((128, 28, 1, 32), (128, 26, 8, 32), (128, 26, 16, 32),
+                              (128, 26, 32, 64), (64, 32, 32, 32), (64, 16, 64, 64),
+                              (64, 16, 128, 128), (32, 8, 256, 256)))
+
+
+def section_rows(args, log):
+    """The patches path's row-shift form against its full patch tensor and lax, fwd+bwd."""
+    from jaxconv.bench import QUICK_SHAPES, conv_cases, measure_interleaved as measure
+    from jaxconv.ops import autotune
+
+    rule = autotune.rows_rule()
+    rows = []
+    for shape in QUICK_SHAPES if args.quick else ROWS_SHAPES:
+        with full_patch_tensor():
+            full, = (compiled(c) for c in conv_cases(shape, ["patches"], modes=["fwd+bwd"]))
+        full.name = "full"
+        default, lax_case = conv_cases(shape, ["patches", "lax"], modes=["fwd+bwd"])
+        default.name, lax_case.name = "default", "lax"
+        stats = measure([full, default, lax_case], rounds=args.rounds, target_s=args.target,
+                        log=log)
+        takes = rows_taken(shape, rule)
+        ms = {name: s.median * 1e3 for name, s in stats.items()}
+        rows.append([shape.label, shape.describe(), "rows" if takes else "full",
+                     fmt(ms["full"], 2), fmt(ms["default"], 2), fmt(ms["lax"], 2),
+                     f"{ms['default'] / ms['full']:.2f}", f"{ms['default'] / ms['lax']:.2f}"])
+    table = markdown_table(["layer", "shape", "default form", "full ms", "default ms", "lax ms",
+                            "default / full", "default / lax"], rows)
+    text = (f"3x3 convolutions, forward+backward (float32), `impl=\"patches\"` with the full "
+            f"patch tensor and with its default form (rule {rule}), and lax; median of "
+            f"{args.rounds} interleaved rounds:\n\n{table}")
+    log(text)
+    return text, rows
+
+
+def rows_taken(shape, rule) -> bool:
+    """Whether the patches path takes the row-shift form for ``shape`` under ``rule``."""
+    from jaxconv.ops.conv import ConvSpec, padding_pairs
+    from jaxconv.ops.patches import rows_apply
+
+    window, stride = (shape.k, shape.k), (shape.stride, shape.stride)
+    pads = padding_pairs(shape.padding, (shape.size, shape.size), window, stride, (1, 1))
+    spec = ConvSpec(stride, pads, (1, 1), (1, 1), 1)
+    x_shape = (shape.batch, shape.size, shape.size, shape.c_in)
+    return rows_apply(x_shape, (*window, shape.c_in, shape.c_out), spec, rule)
 
 
 def section_layer(args, log):
@@ -469,8 +545,8 @@ def section_train(args, log):
     return text, times
 
 
-SECTIONS = {"step": section_step, "micro": section_micro, "layer": section_layer,
-            "spc": section_spc, "train": section_train}
+SECTIONS = {"step": section_step, "micro": section_micro, "rows": section_rows,
+            "layer": section_layer, "spc": section_spc, "train": section_train}
 
 
 def main(argv=None) -> int:

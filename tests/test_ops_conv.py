@@ -9,13 +9,14 @@ convolutions with output_padding). Float64 tests run inside
 
 from __future__ import annotations
 
+import math
 from unittest import mock
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from jax import lax
 from jax.test_util import check_grads
@@ -23,12 +24,14 @@ from jax.test_util import check_grads
 from jaxconv.ops import autotune
 from jaxconv.ops.conv import (conv, conv_output_shape, conv_transpose, conv_transpose_output_shape,
                               padding_pairs)
-from jaxconv.verify import draw_case, relative_error
+from jaxconv.verify import Case, draw_case, relative_error
 from tests import oracle
+from tests.test_ops_patches import _equations
 
 HIGHEST = lax.Precision.HIGHEST
 SETTINGS = dict(deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                     HealthCheck.filter_too_much])
 
 
 def _chooser(data):
@@ -94,6 +97,76 @@ def test_float64_patches_in_batch_chunks_match_oracle(data):
     with jax.enable_x64(True), mock.patch.dict(autotune.PATCH_CHUNK_BYTES,
                                                {jax.default_backend(): 1}):
         _check_against_oracle(case, np.float64, 1e-12, seed=len(case.x_shape) + 1)
+
+
+# The patches path's row-shift form wherever it can apply (any depth, any waste).
+ROWS_ALWAYS = {jax.default_backend(): autotune.RowsRule(min_depth=1, max_waste=math.inf)}
+
+
+def _takes_rows(case) -> bool:
+    """Whether ``impl="patches"`` runs ``case`` in the row-shift form: its matmul has
+    ``kernel rows x output channels`` columns (the full patch tensor's has the output channels)."""
+    x = jnp.zeros(case.x_shape)
+    w = jnp.zeros(case.kernel_shape)
+    jaxpr = jax.make_jaxpr(lambda a, b: _op(case)(a, b, impl="patches", **case.kwargs))(x, w)
+    f = jax.eval_shape(lambda a, b: _op(case)(a, b, **case.kwargs), x, w).shape[-1]
+    return any(eqn.outvars[0].aval.shape[-1] == case.kernel_shape[0] * f
+               for eqn in _equations(jaxpr.jaxpr) if eqn.primitive.name == "dot_general")
+
+
+def _case(op, x_shape, kernel_shape, **kwargs):
+    """A ``Case`` with every keyword the oracle reads (defaults filled in)."""
+    extra = dict(padding_mode="zeros") if op == "conv" else dict(output_padding=0)
+    return Case(op, x_shape, kernel_shape,
+                {"stride": 1, "dilation": 1, "groups": 1, **extra, **kwargs}, {})
+
+
+ROWS_CASES = [
+    _case("conv", (2, 9, 8), (3, 8, 5), padding="SAME", dilation=2),
+    _case("conv", (2, 7, 6, 4), (3, 2, 4, 5), stride=(1, 2), padding=((2, -1), (1, 0)),
+          dilation=(2, 1)),
+    _case("conv", (2, 6, 5, 3), (3, 3, 3, 4), padding=1, padding_mode="circular"),
+    _case("conv", (1, 5, 4, 5, 2), (2, 3, 2, 2, 3), stride=(1, 2, 1), padding="VALID",
+          dilation=(1, 1, 2)),
+    _case("conv_transpose", (2, 5, 6, 3), (3, 3, 4, 3), padding="SAME"),
+]
+
+
+@pytest.mark.parametrize("case", ROWS_CASES, ids=lambda c: f"{c.op}-{len(c.x_shape) - 2}d")
+def test_float64_patches_row_shift_form_matches_oracle(case):
+    with jax.enable_x64(True), mock.patch.dict(autotune.PATCH_ROWS, ROWS_ALWAYS):
+        assert _takes_rows(case)
+        _check_against_oracle(case, np.float64, 1e-12, seed=3)
+    assert not _takes_rows(case._replace(x_shape=case.x_shape[:-1] + (1,),
+                                         kernel_shape=case.kernel_shape[:-2] + (1, 1)))
+
+
+@settings(max_examples=12, **SETTINGS)
+@given(st.data())
+def test_float64_patches_row_shift_form_on_random_configurations(data):
+    case = draw_case(_chooser(data))
+    with jax.enable_x64(True), mock.patch.dict(autotune.PATCH_ROWS, ROWS_ALWAYS):
+        assume(_takes_rows(case))
+        _check_against_oracle(case, np.float64, 1e-12, seed=len(case.x_shape) + 2)
+
+
+def test_row_shift_rule_on_cpu():
+    """The CPU rule (RESULTS.md cpu, table rows): deep patches, few wasted rows, stride 1 down the rows."""
+    def rows(x_shape, k_shape, padding="VALID", stride=1, groups=1):
+        return _takes_rows(_case("conv", x_shape, k_shape, padding=padding, stride=stride,
+                                 groups=groups))
+
+    with mock.patch.dict(autotune.PATCH_ROWS, {jax.default_backend(): autotune.PATCH_ROWS["cpu"]}):
+        assert rows((2, 26, 26, 32), (3, 3, 32, 64))           # the MNIST CNN's second layer
+        assert rows((2, 26, 26, 8), (3, 3, 8, 4))              # depth 24
+        assert not rows((2, 26, 26, 7), (3, 3, 7, 4))          # depth 21
+        assert not rows((2, 28, 28, 1), (3, 3, 1, 32))         # the first layer
+        assert not rows((2, 8, 8, 64), (3, 3, 64, 64), "SAME")  # 10 rows for 8
+        assert rows((2, 16, 16, 64), (3, 3, 64, 64), "SAME")   # 18 rows for 16
+        assert not rows((2, 16, 16, 64), (3, 3, 64, 64), stride=(2, 1))
+        assert not rows((2, 16, 16, 64), (3, 3, 32, 64), groups=2)
+    with mock.patch.dict(autotune.PATCH_ROWS, clear=True):
+        assert not rows((2, 26, 26, 32), (3, 3, 32, 64))
 
 
 @settings(max_examples=12, **SETTINGS)

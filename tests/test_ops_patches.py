@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -96,21 +97,27 @@ def _case_arrays(op, kw):
     return x, w
 
 
+# The row-shift form wherever it can apply, or never.
+ROWS_ALWAYS = {jax.default_backend(): autotune.RowsRule(min_depth=1, max_waste=float("inf"))}
+
+
+@pytest.mark.parametrize("rows", [False, True], ids=["full", "rows"])
 @pytest.mark.parametrize("op, kw", CASES)
-def test_patches_jaxpr_has_no_convolution(op, kw):
+def test_patches_jaxpr_has_no_convolution(op, kw, rows):
     """Forward, reverse-mode and forward-mode jaxprs: no conv_general_dilated, no scatter."""
     f = _case_fn(op, kw)
     x, w = _case_arrays(op, kw)
     loss = lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
-    jaxprs = {
-        "forward": jax.make_jaxpr(f)(x, w),
-        "grad": jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, w),
-        "jvp": jax.make_jaxpr(lambda x, w: jax.jvp(f, (x, w), (x, w)))(x, w),
-    }
+    with mock.patch.dict(autotune.PATCH_ROWS, ROWS_ALWAYS if rows else {}, clear=not rows):
+        jaxprs = {
+            "forward": jax.make_jaxpr(f)(x, w),
+            "grad": jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, w),
+            "jvp": jax.make_jaxpr(lambda x, w: jax.jvp(f, (x, w), (x, w)))(x, w),
+        }
     for name, jaxpr in jaxprs.items():
         prims = _primitives(jaxpr.jaxpr)
         assert "dot_general" in prims, name
-        assert not any("conv" in p for p in prims), (name, sorted(set(prims)))
+        assert not any("conv_general" in p for p in prims), (name, sorted(set(prims)))
         assert not any("scatter" in p or "gather" in p for p in prims), (name, sorted(set(prims)))
     # The lax path does use the convolution primitive (so the walk can see it).
     lax_prims = _primitives(jax.make_jaxpr(_case_fn(op, kw, "lax"))(x, w).jaxpr)
@@ -129,6 +136,32 @@ def test_one_patch_tensor_and_one_matmul_per_call():
     prims = _primitives(g.jaxpr)
     assert prims.count("dot_general") == 3  # forward, d/dw, d/dx
     assert prims.count("concatenate") == 1  # the forward patches only
+
+
+def test_row_shift_form_has_one_shallow_patch_tensor_and_one_matmul():
+    """Patches over the trailing axis only (depth 3 * C), one matmul with 3 * F columns
+    forward; the gradients add one matmul each and no second patch tensor."""
+    x, w = _rand((2, 8, 8, 3)), _rand((3, 3, 3, 5), seed=1)
+    f = lambda x, w: conv(x, w, impl="patches")  # noqa: E731
+    with mock.patch.dict(autotune.PATCH_ROWS, ROWS_ALWAYS):
+        fwd = jax.make_jaxpr(f)(x, w).jaxpr
+        grad = jax.make_jaxpr(jax.grad(lambda x, w: jnp.sum(f(x, w)), (0, 1)))(x, w).jaxpr
+    assert _concatenate_shapes(fwd) == [(2, 10, 8, 9)]       # SAME: 10 padded rows
+    dots = [e.outvars[0].aval.shape for e in _equations(fwd) if e.primitive.name == "dot_general"]
+    assert dots == [(160, 15)]
+    prims = _primitives(grad)
+    assert prims.count("dot_general") == 3 and prims.count("concatenate") == 1
+    assert not any("conv_general" in p or "scatter" in p or "gather" in p for p in prims), prims
+
+
+def test_row_shift_form_accumulates_bfloat16_in_float32():
+    x, w = _rand((2, 8, 8, 16), dtype=jnp.bfloat16), _rand((3, 3, 16, 8), seed=1, dtype=jnp.bfloat16)
+    want = conv(x.astype(jnp.float32), w.astype(jnp.float32), impl="lax", precision=HIGHEST)
+    with mock.patch.dict(autotune.PATCH_ROWS, ROWS_ALWAYS):
+        got = conv(x, w, impl="patches")
+    assert got.dtype == jnp.bfloat16
+    # One rounding to bfloat16 (relative 2**-8), not one per kernel row.
+    np.testing.assert_allclose(got.astype(jnp.float32), want, rtol=2**-8, atol=2**-8 * 4)
 
 
 def test_patches_under_jit_vmap_jvp_and_second_order():
@@ -194,7 +227,7 @@ def test_batch_chunked_jaxprs_have_no_convolution_and_small_patch_tensors():
     for jaxpr in jaxprs:
         prims = _primitives(jaxpr.jaxpr)
         assert "scan" in prims and "dot_general" in prims
-        assert not any("conv" in p or "scatter" in p or "gather" in p for p in prims), prims
+        assert not any("conv_general" in p or "scatter" in p or "gather" in p for p in prims), prims
     # Every patch tensor (the concatenates) holds 2 images, forward and backward.
     shapes = [s for s in _concatenate_shapes(jaxprs[1].jaxpr) if s[-1] == 27]
     assert shapes and all(s[0] == 2 for s in shapes), shapes

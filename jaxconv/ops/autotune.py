@@ -18,7 +18,7 @@ rules first); nothing else needs to change.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 
@@ -54,6 +54,36 @@ PATCH_CHUNK_BYTES: dict[str, int | None] = {
 def patch_chunk_bytes(backend: str | None = None) -> int | None:
     """The :data:`PATCH_CHUNK_BYTES` entry of ``backend`` (default: JAX's default backend)."""
     return PATCH_CHUNK_BYTES.get(backend or jax.default_backend())
+
+
+class RowsRule(NamedTuple):
+    """When ``impl="patches"`` takes its row-shift form (``patches._conv_rows``).
+
+    Attributes:
+      min_depth: the smallest patch depth over the trailing spatial axes,
+        ``prod(kernel_size[1:]) * C``, that takes it.
+      max_waste: it computes the matmul for every padded input row along the
+        first spatial axis; it is taken only while ``padded rows / output
+        rows`` is below this.
+    """
+
+    min_depth: int
+    max_waste: float
+
+
+# Per backend; no entry: always the full patch tensor. CPU (RESULTS.md cpu, table rows): in
+# fwd+bwd of 3x3 layers the row-shift form took 0.55-0.91x the time of the full
+# patch tensor from 24 channels of depth on (8 channels, 26x26 maps, up to 384), but
+# 1.54x at depth 3 (1 channel) and 1.02-1.14x on 8x8 maps with SAME padding (10
+# padded rows for 8 output rows). On the MNIST CNN step: 0.86x.
+PATCH_ROWS: dict[str, RowsRule] = {
+    "cpu": RowsRule(min_depth=24, max_waste=1.25),
+}
+
+
+def rows_rule(backend: str | None = None) -> RowsRule | None:
+    """The :data:`PATCH_ROWS` entry of ``backend`` (default: JAX's default backend)."""
+    return PATCH_ROWS.get(backend or jax.default_backend())
 
 
 # From this many input channels per group on, a dense convolution is "wide".
