@@ -59,7 +59,7 @@ padded rows that start no output row (8% more work for the MNIST CNN's
 26x26 maps); the rule skips maps where that waste reaches a quarter. Its
 gradients are plain JAX autodiff of these slices, one matmul each and pads:
 no scatter, no second patch tensor. Batch chunks are sized as for the full
-patch tensor. Measured on CPU (RESULTS.md cpu, table rows), forward+backward of 3x3
+patch tensor. Measured on CPU (RESULTS.md cpu, table rows), fwd+bwd of 3x3
 layers takes 0.55-0.91x the time of the full patch tensor (for the MNIST
 CNN's second layer, a batch of 128 writes 30 MB of patches instead of 85 MB).
 """
