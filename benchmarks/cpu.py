@@ -360,7 +360,7 @@ def section_rows(args, log):
 def rows_taken(shape, rule) -> bool:
     """Whether the patches path takes the row-shift form for ``shape`` under ``rule``."""
     from jaxconv.ops.conv import ConvSpec, padding_pairs
-    from jaxconv.ops.patches import rows_apply
+    from jaxconv.ops.autotune import rows_apply
 
     window, stride = (shape.k, shape.k), (shape.stride, shape.stride)
     pads = padding_pairs(shape.padding, (shape.size, shape.size), window, stride, (1, 1))

@@ -311,6 +311,21 @@ def test_auto_uses_the_autotune_table(monkeypatch):
     assert autotune.choose_impl("conv_transpose", (1, 8, 3), (3, 4, 3), 1, backend="tpu") == "lax"
     assert autotune.shape_class((1, 8, 8, 4), (3, 3, 1, 8), 4) == "depthwise"
     assert autotune.shape_class((1, 8, 8, 4), (1, 1, 4, 8), 1) == "pointwise"
+    assert autotune.shape_class((1, 26, 26, 64), (3, 3, 64, 64), 1, rows=True) == "rows"
+    assert autotune.choose_impl("conv", (1, 16, 16, 64), (3, 3, 64, 64), 1, backend="cpu",
+                                rows=True) == "patches"
+    assert autotune.choose_impl("conv", (1, 16, 16, 64), (3, 3, 64, 64), 1, backend="gpu",
+                                rows=True) == "lax"
+    # conv and conv_transpose ask with the row-shift rule of the backend, on what they run.
+    asked = []
+    monkeypatch.setattr(autotune, "choose_impl", lambda *a, **k: asked.append((a, k)) or "lax")
+    with mock.patch.dict(autotune.PATCH_ROWS, {jax.default_backend(): autotune.PATCH_ROWS["cpu"]}):
+        conv(jnp.ones((1, 16, 16, 64)), jnp.ones((3, 3, 64, 8)), impl="auto")
+        conv(jnp.ones((1, 8, 8, 64)), jnp.ones((3, 3, 64, 8)), impl="auto")
+        conv_transpose(jnp.ones((1, 16, 16, 64)), jnp.ones((3, 3, 8, 64)), impl="auto")
+    assert [k["rows"] for _, k in asked] == [True, False, True]
+    assert asked[2][0][:3] == ("conv_transpose", (1, 16, 16, 64), (3, 3, 64, 8))
+    monkeypatch.undo()
     monkeypatch.setattr(autotune, "TABLE", [
         {"backend": "*", "op": "conv", "shape": "pointwise", "impl": "lax", "note": "test"},
         {"backend": "*", "op": "*", "shape": "*", "impl": "patches", "note": "test"}])

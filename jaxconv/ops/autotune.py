@@ -7,7 +7,7 @@ first rule whose every field matches wins. Fields:
   ``"gpu"``, ``"tpu"``, ...) or ``"*"``;
 - ``op``: ``"conv"`` or ``"conv_transpose"`` or ``"*"``;
 - ``shape``: the shape class from :func:`shape_class` (``"pointwise"``,
-  ``"depthwise"``, ``"grouped"``, ``"narrow"``, ``"wide"``) or ``"*"``;
+  ``"depthwise"``, ``"grouped"``, ``"rows"``, ``"narrow"``, ``"wide"``) or ``"*"``;
 - ``impl``: ``"lax"`` or ``"patches"``;
 - ``note``: where the rule comes from (a measurement in
   ``benchmarks/RESULTS.md``, or a default).
@@ -18,11 +18,16 @@ rules first); nothing else needs to change.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
 
 TABLE: list[dict[str, str]] = [
+    {"backend": "cpu", "op": "*", "shape": "rows", "impl": "patches",
+     "note": "RESULTS.md cpu, table rows: where the patches path takes its row-shift form "
+             "(8-128 channels on 16x16-32x32 maps), fwd+bwd takes 0.35-1.03x the time of "
+             "lax (1.03x on one of 12 layers: 128 channels, 16x16, SAME)"},
     {"backend": "cpu", "op": "*", "shape": "narrow", "impl": "patches",
      "note": "RESULTS.md cpu: fewer than 64 input channels: the MNIST CNN step 1.5-1.7x "
              "faster than with lax; RESULTS.md cpu-autotune: the digits CNN step 1.12x. "
@@ -86,12 +91,41 @@ def rows_rule(backend: str | None = None) -> RowsRule | None:
     return PATCH_ROWS.get(backend or jax.default_backend())
 
 
+def rows_apply(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], spec: Any,
+               rule: RowsRule | None) -> bool:
+    """Whether ``impl="patches"`` takes its row-shift form for this convolution under ``rule``.
+
+    Args:
+      x_shape, kernel_shape: ``(N, *spatial, C)`` and ``(*k, C // groups, F)``.
+      spec: the ``jaxconv.ops.conv.ConvSpec`` evaluated.
+      rule: see :data:`PATCH_ROWS`; ``None``: never.
+
+    The form needs a kernel taller than one row, stride 1 and no input
+    dilation along the first spatial axis, and one group; ``rule`` then asks
+    for a deep enough patch and few wasted rows.
+    """
+    window = kernel_shape[:len(kernel_shape) - 2]
+    if (rule is None or window[0] == 1 or spec.groups != 1 or spec.strides[0] != 1
+            or spec.lhs_dilation[0] != 1):
+        return False
+    depth = math.prod(window[1:]) * x_shape[-1]
+    lo, hi = spec.padding[0]
+    rows = x_shape[1] + lo + hi
+    out_rows = rows - (window[0] - 1) * spec.rhs_dilation[0]
+    return depth >= rule.min_depth and out_rows > 0 and rows < rule.max_waste * out_rows
+
+
 # From this many input channels per group on, a dense convolution is "wide".
 WIDE_CHANNELS = 64
 
 
-def shape_class(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], groups: int) -> str:
-    """A coarse class of a convolution's shapes, the key of :data:`TABLE`."""
+def shape_class(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], groups: int,
+                rows: bool = False) -> str:
+    """A coarse class of a convolution's shapes, the key of :data:`TABLE`.
+
+    ``rows``: the patches path takes its row-shift form for it (:func:`rows_apply`),
+    which makes it class ``"rows"``.
+    """
     window = kernel_shape[:-2]
     if groups > 1 and groups == x_shape[-1]:
         return "depthwise"
@@ -99,20 +133,25 @@ def shape_class(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], groups:
         return "grouped"
     if all(k == 1 for k in window):
         return "pointwise"
+    if rows:
+        return "rows"
     return "wide" if kernel_shape[-2] >= WIDE_CHANNELS else "narrow"
 
 
 def choose_impl(op: str, x_shape: tuple[int, ...], kernel_shape: tuple[int, ...],
-                groups: int = 1, backend: str | None = None) -> str:
+                groups: int = 1, backend: str | None = None, *, rows: bool = False) -> str:
     """The implementation :data:`TABLE` picks for this convolution.
 
     Args:
       op: ``"conv"`` or ``"conv_transpose"``.
-      x_shape, kernel_shape, groups: the convolution's arguments.
+      x_shape, kernel_shape, groups: the convolution evaluated (for a transposed
+        convolution, the correlation that computes it: the channel-swapped kernel).
       backend: defaults to ``jax.default_backend()``.
+      rows: whether the patches path would take its row-shift form (see
+        :func:`shape_class`).
     """
     backend = backend or jax.default_backend()
-    cls = shape_class(x_shape, kernel_shape, groups)
+    cls = shape_class(x_shape, kernel_shape, groups, rows)
     key: dict[str, Any] = {"backend": backend, "op": op, "shape": cls}
     for rule in TABLE:
         if all(rule[f] in ("*", key[f]) for f in key):

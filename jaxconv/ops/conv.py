@@ -408,15 +408,21 @@ def run_spec(x: Any, kernel: Any, spec: ConvSpec, impl: str) -> Any:
     return patches_conv_general(x, kernel, spec)
 
 
-def resolve_impl(impl: Any, op: str, x_shape: Sequence[int], kernel_shape: Sequence[int],
-                 groups: int, where: str) -> str:
-    """``"lax"`` / ``"patches"`` as given; ``"auto"`` looks up ``jaxconv.ops.autotune``."""
+def check_impl(impl: Any, where: str) -> None:
     if impl not in IMPLS:
         raise ValueError(f"{where}: unknown impl {impl!r}; expected one of {IMPLS}")
-    if impl == "auto":
-        from jaxconv.ops.autotune import choose_impl  # noqa: PLC0415
-        return choose_impl(op, tuple(x_shape), tuple(kernel_shape), groups)
-    return impl
+
+
+def resolve_impl(impl: str, op: str, x: Any, kernel: Any, spec: ConvSpec) -> str:
+    """``"lax"`` / ``"patches"`` as given; ``"auto"`` looks up ``jaxconv.ops.autotune``.
+
+    ``x``, ``kernel`` and ``spec`` are what ``run_spec`` will evaluate.
+    """
+    if impl != "auto":
+        return impl
+    from jaxconv.ops.autotune import choose_impl, rows_apply, rows_rule  # noqa: PLC0415
+    rows = rows_apply(x.shape, kernel.shape, spec, rows_rule())
+    return choose_impl(op, tuple(x.shape), tuple(kernel.shape), spec.groups, rows=rows)
 
 
 def _unit_dilation(window, dilations):
@@ -475,7 +481,7 @@ def conv(
     """
     x, kernel = _promote(x, kernel)
     check_padding_mode(padding_mode)
-    impl = resolve_impl(impl, "conv", x.shape, kernel.shape, groups, "conv")
+    check_impl(impl, "conv")
     conv_output_shape(x.shape, kernel.shape, stride=stride, padding=padding,
                       dilation=dilation, groups=groups, padding_mode=padding_mode)
     nd = kernel.ndim - 2
@@ -485,7 +491,7 @@ def conv(
     x, pads = pad_with_mode(x, pads, padding_mode)
     spec = ConvSpec(strides, pads, (1,) * nd, _unit_dilation(kernel.shape[:nd], dilations),
                     groups, precision)
-    return run_spec(x, kernel, spec, impl)
+    return run_spec(x, kernel, spec, resolve_impl(impl, "conv", x, kernel, spec))
 
 
 def conv_transpose(
@@ -526,7 +532,7 @@ def conv_transpose(
       ``out = (n - 1) * stride - low - high + dilation * (k - 1) + 1 + output_padding``.
     """
     x, kernel = _promote(x, kernel)
-    impl = resolve_impl(impl, "conv_transpose", x.shape, kernel.shape, groups, "conv_transpose")
+    check_impl(impl, "conv_transpose")
     conv_transpose_output_shape(x.shape, kernel.shape, stride=stride, padding=padding,
                                 dilation=dilation, output_padding=output_padding, groups=groups)
     nd = kernel.ndim - 2
@@ -542,4 +548,5 @@ def conv_transpose(
         for k, d, (lo, hi), op in zip(window, dilations, pads, out_pad))
     spec = ConvSpec((1,) * nd, gather_pads, strides, _unit_dilation(window, dilations), groups,
                     precision)
-    return run_spec(x, flip_swap_kernel(kernel, groups), spec, impl)
+    kernel = flip_swap_kernel(kernel, groups)
+    return run_spec(x, kernel, spec, resolve_impl(impl, "conv_transpose", x, kernel, spec))

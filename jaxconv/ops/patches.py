@@ -77,7 +77,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-from jaxconv.ops.autotune import RowsRule, patch_chunk_bytes, rows_rule
+from jaxconv.ops.autotune import patch_chunk_bytes, rows_apply, rows_rule
 from jaxconv.ops.conv import (ConvSpec, Padding, conv_output_shape, expand,
                               general_output_size, padding_pairs)
 
@@ -157,26 +157,6 @@ def _conv_general_jvp(spec, primals, tangents):
 
 
 _conv_general.defjvp(_conv_general_jvp, symbolic_zeros=True)
-
-
-def rows_apply(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], spec: ConvSpec,
-               rule: RowsRule | None) -> bool:
-    """Whether the row-shift form evaluates this convolution under ``rule``.
-
-    It needs a kernel taller than one row, stride 1 and no input dilation
-    along the first spatial axis, and one group; ``rule`` (see
-    ``jaxconv.ops.autotune.PATCH_ROWS``) then asks for a deep enough patch and
-    few wasted rows. ``rule=None``: never.
-    """
-    window = kernel_shape[:len(kernel_shape) - 2]
-    if (rule is None or window[0] == 1 or spec.groups != 1 or spec.strides[0] != 1
-            or spec.lhs_dilation[0] != 1):
-        return False
-    depth = math.prod(window[1:]) * x_shape[-1]
-    lo, hi = spec.padding[0]
-    rows = x_shape[1] + lo + hi
-    out_rows = rows - (window[0] - 1) * spec.rhs_dilation[0]
-    return depth >= rule.min_depth and out_rows > 0 and rows < rule.max_waste * out_rows
 
 
 def _conv_rows(x, kernel, spec):
