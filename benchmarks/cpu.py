@@ -10,8 +10,9 @@ Sections (``--sections``, comma-separated; default all):
 * ``step``: one training step of the MNIST CNN (28x28x1 -> Conv 32 3x3 VALID
   -> ReLU -> Conv 64 3x3 VALID -> ReLU -> MaxPool 2 -> Dense 128 -> ReLU ->
   Dense 10; batch 128; float32; Adam 1e-3; softmax cross-entropy) in jaxconv
-  (``impl`` lax, patches, auto, and patches with the row-shift form off),
-  plain JAX with ``lax.conv_general_dilated``,
+  (``impl`` lax, patches, auto; patches with the row-shift form off; auto
+  with ``make_train_step(microbatches=8)``), plain JAX with
+  ``lax.conv_general_dilated``,
   Flax linen and PyTorch eager (``torch.set_num_threads(cores)``). All cases
   live in one process and are timed in interleaved rounds after a warm-up.
 * ``micro``: convolution forward and forward+backward, per implementation, for
@@ -150,7 +151,7 @@ class Holder:
 
 
 def training_cases(batch: int, size: int, impls, peers=True, log=print,
-                   model_fn=jaxconv_model) -> list[Case]:
+                   model_fn=jaxconv_model, microbatches: int = 1) -> list[Case]:
     """One training-step ``Case`` per implementation, all on the same random batch.
 
     ``model_fn(impl)`` builds jaxconv's network (default: the MNIST CNN); the
@@ -171,14 +172,15 @@ def training_cases(batch: int, size: int, impls, peers=True, log=print,
     for impl in impls:
         model = model_fn(impl)
         opt = optax.adam(1e-3)
-        step = jc.make_train_step(model, opt)
+        step = jc.make_train_step(model, opt, microbatches=microbatches)
         holder = Holder(jc.create_train_state(model, jax.random.PRNGKey(0), (-1, size, size, 1), opt))
 
         def run(step=step, holder=holder):
             holder.value, _ = step(holder.value, (x, y))
             return holder.value
 
-        cases.append(Case(f"jaxconv {impl}", run, items=batch))
+        suffix = f", {microbatches} micro-batches" if microbatches > 1 else ""
+        cases.append(Case(f"jaxconv {impl}{suffix}", run, items=batch))
 
     if not peers:
         return cases
@@ -231,6 +233,10 @@ def training_cases(batch: int, size: int, impls, peers=True, log=print,
 # Sections.
 
 
+# The step section's micro-batched row: make_train_step(microbatches=8), 16 images each.
+MICROBATCHES = 8
+
+
 @contextlib.contextmanager
 def full_patch_tensor():
     """``impl="patches"`` without its row-shift form while tracing (jit traces on first call)."""
@@ -252,7 +258,9 @@ def section_step(args, log):
     with full_patch_tensor():
         full = compiled(training_cases(args.batch, args.size, ["patches"], peers=False)[0])
     full.name = "jaxconv patches, full patch tensor"
-    cases.insert(len(impls), full)
+    micro = training_cases(args.batch, args.size, ["auto"], peers=False,
+                           microbatches=MICROBATCHES)
+    cases[len(impls):len(impls)] = [full, *micro]
     stats = measure_interleaved(cases, rounds=args.rounds, target_s=args.target, log=log)
     peers = {"PyTorch": next((s for n, s in stats.items() if n.startswith("PyTorch")), None),
              "Flax": stats.get("Flax linen"), "plain lax": stats.get("JAX lax.conv (plain)")}

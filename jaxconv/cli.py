@@ -117,9 +117,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from jaxconv.data import batches_per_epoch, load_dataset, parse_augment
     from jaxconv.train import NonFiniteLossError, fit
 
-    for flag, value in (("--batch-size", args.batch_size), ("--steps-per-call", args.steps_per_call)):
+    for flag, value in (("--batch-size", args.batch_size), ("--steps-per-call", args.steps_per_call),
+                        ("--microbatches", args.microbatches)):
         if value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
+    if args.batch_size % args.microbatches:
+        raise ValueError(f"--microbatches {args.microbatches} must divide --batch-size "
+                         f"{args.batch_size}")
     data = load_dataset(args.dataset, args.data_dir)
     epochs = args.epochs if args.epochs is not None else (30 if data.name == "digits" else 10)
     augment_spec = DEFAULT_AUGMENT[data.name] if args.augment == "auto" else args.augment
@@ -130,7 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "schedule": args.schedule, "weight_decay": args.weight_decay,
         "label_smoothing": args.label_smoothing, "augment": augment_spec, "epochs": epochs,
         "batch_size": args.batch_size, "seed": args.seed, "impl": args.impl,
-        "steps_per_call": args.steps_per_call,
+        "steps_per_call": args.steps_per_call, "microbatches": args.microbatches,
         "total_steps": epochs * args.steps_per_call * batches_per_epoch(
             len(data.train.labels), args.batch_size, args.steps_per_call),
     }
@@ -142,6 +146,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"batch {args.batch_size}, {args.optimizer} lr {args.lr} ({args.schedule}), "
         f"label smoothing {args.label_smoothing}, augment {augment_spec}, seed {args.seed}, "
         f"conv impl {args.impl}, {args.steps_per_call} step(s) per call, "
+        f"{args.microbatches} micro-batch(es) per step, "
         f"backend {jax.default_backend()}, {devices} device(s), {jax.process_count()} process(es)")
     checkpoint_dir = os.path.join(args.out, "checkpoints")
     if args.resume:
@@ -149,7 +154,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         state, history = fit(model, optimizer, data.train, test=data.test, epochs=epochs,
                              batch_size=args.batch_size, loss_fn=loss_fn, seed=args.seed,
-                             steps_per_call=args.steps_per_call,
+                             steps_per_call=args.steps_per_call, microbatches=args.microbatches,
                              progress=not args.no_progress, augment=augment,
                              checkpoint_dir=checkpoint_dir, checkpoint_every=args.checkpoint_every,
                              keep=args.keep, resume=args.resume, metadata={"config": config}, mesh=mesh)
@@ -299,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="convolution implementation (default: auto, per backend and shape)")
     train.add_argument("--steps-per-call", type=int, default=1, metavar="K",
                        help="optimizer steps per compiled call (default 1)")
+    train.add_argument("--microbatches", type=int, default=1, metavar="M",
+                       help="split each batch into M micro-batches inside the step, one "
+                            "update from their mean gradient (default 1; see make_train_step)")
     train.add_argument("--out", default="runs/latest", help="output directory")
     train.add_argument("--checkpoint-every", type=int, default=None,
                        help="also checkpoint every N steps (always at the end of each epoch)")

@@ -59,14 +59,17 @@ def test_train_resume_continues_from_the_checkpoint(tmp_path, capsys):
     assert "was written with other options (lr: 0.003 -> 0.5)" in capsys.readouterr().err
 
 
-def test_train_impl_and_steps_per_call(tmp_path, capsys):
+def test_train_impl_steps_per_call_and_microbatches(tmp_path, capsys):
     out = str(tmp_path / "spc")
     assert main(["train", "--epochs", "1", "--batch-size", "128", "--out", out, "--no-progress",
-                 "--no-plots", "--impl", "patches", "--steps-per-call", "2"]) == 0
-    assert "conv impl patches, 2 step(s) per call" in capsys.readouterr().out
+                 "--no-plots", "--impl", "patches", "--steps-per-call", "2",
+                 "--microbatches", "4"]) == 0
+    assert ("conv impl patches, 2 step(s) per call, 4 micro-batch(es) per step"
+            in capsys.readouterr().out)
     config = json.load(open(os.path.join(out, "metrics.json")))["config"]
     # 1437 images: 5 calls of 2 x 128 per epoch, the rest dropped.
-    assert (config["impl"], config["steps_per_call"], config["total_steps"]) == ("patches", 2, 10)
+    assert (config["impl"], config["steps_per_call"], config["microbatches"],
+            config["total_steps"]) == ("patches", 2, 4, 10)
     assert main(["evaluate", "--out", out]) == 0
     assert "step 10, digits_cnn on digits" in capsys.readouterr().out
 
@@ -78,9 +81,11 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys):
     assert "unknown item 'rotate'" in capsys.readouterr().err
     assert main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path)]) == 2
     assert "missing train-images-idx3-ubyte.gz" in capsys.readouterr().err
-    for flag in ("--steps-per-call", "--batch-size"):
+    for flag in ("--steps-per-call", "--batch-size", "--microbatches"):
         assert main(["train", flag, "0", "--out", str(tmp_path)]) == 2
         assert f"{flag} must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["train", "--microbatches", "3", "--out", str(tmp_path)]) == 2
+    assert "--microbatches 3 must divide --batch-size 64" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--optimizer", "lbfgs"])
 

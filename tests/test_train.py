@@ -208,3 +208,48 @@ def test_resume_with_several_steps_per_call(tmp_path):
     resumed, _ = fit(tiny_model(), optax.sgd(0.05), TRAIN, checkpoint_dir=str(tmp_path / "b"),
                      resume=True, **kw)
     assert int(resumed.step) == 24 and leaves_equal(full, resumed)
+
+
+@pytest.mark.parametrize("impl", ["patches", "lax"])
+def test_microbatches_give_the_whole_batch_update(impl):
+    """M strided micro-batches: one update from the mean gradient, the batch's loss and accuracy
+    (float64: equal to rounding). With lax on CPU the micro-batch loop is unrolled (run_steps)."""
+    model = jc.serial(jc.Conv(4, 3, impl=impl), jc.Relu(), jc.Flatten(), jc.Dense(2))
+    with jax.enable_x64(True):
+        opt = optax.sgd(0.1)
+        ts = jc.create_train_state(model, jax.random.PRNGKey(0), (-1, 6, 6, 1), opt)
+        ts = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, ts)
+        batch = (jnp.asarray(IMAGES[:24], jnp.float64), jnp.asarray(LABELS[:24]))
+        outs = [jc.make_train_step(model, opt, microbatches=m)(jax.tree_util.tree_map(jnp.copy, ts), batch)
+                for m in (1, 4)]
+    (whole, m_whole), (micro, m_micro) = outs
+    for a, b in zip(jax.tree_util.tree_leaves(whole.params), jax.tree_util.tree_leaves(micro.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    for name in ("loss", "accuracy"):
+        np.testing.assert_allclose(m_whole[name], m_micro[name], rtol=1e-12)
+    assert int(micro.step) == 1
+
+
+def test_microbatches_errors_and_batch_statistics():
+    model = jc.serial(jc.Conv(2, 3), jc.BatchNorm(), jc.Relu(), jc.Flatten(), jc.Dense(2))
+    opt = optax.sgd(0.1)
+    ts = jc.create_train_state(model, jax.random.PRNGKey(0), (-1, 6, 6, 1), opt)
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match=f"microbatches must be an int >= 1, got {bad!r}"):
+            jc.make_train_step(model, opt, microbatches=bad)
+    step = jc.make_train_step(model, opt, microbatches=4)
+    with pytest.raises(ValueError, match="microbatches=4 must divide the batch size, got a batch of 10"):
+        step(ts, (IMAGES[:10], LABELS[:10]))
+    # BatchNorm sees each micro-batch alone: its running state takes 4 updates, not 1.
+    new, _ = step(jax.tree_util.tree_map(jnp.copy, ts), (IMAGES[:16], LABELS[:16]))
+    once, _ = jc.make_train_step(model, opt)(jax.tree_util.tree_map(jnp.copy, ts), (IMAGES[:16], LABELS[:16]))
+    assert not leaves_equal(new.state, once.state)
+    with pytest.raises(ValueError, match="fit: microbatches=5 must divide batch_size=32"):
+        fit(tiny_model(), opt, TRAIN, batch_size=32, microbatches=5)
+
+
+def test_resume_rejects_other_microbatches(tmp_path):
+    kw = dict(epochs=1, batch_size=16, progress=False, log=None, checkpoint_dir=str(tmp_path))
+    fit(tiny_model(), optax.sgd(0.1), TRAIN, microbatches=2, **kw)
+    with pytest.raises(ValueError, match="written with microbatches=2, this run has microbatches=4"):
+        fit(tiny_model(), optax.sgd(0.1), TRAIN, microbatches=4, resume=True, **kw)
