@@ -165,10 +165,14 @@ def make_train_step(
     micro-batches. For a ``loss_fn`` that averages over examples (all of
     ``jaxconv.losses``) this is the update of the whole batch, up to float
     rounding, but the program holds one micro-batch's activations at a time:
-    on CPU the MNIST CNN's step at batch 128 needs 19 MB of temporary memory
-    with ``M=4`` instead of 93 MB, which glibc then serves from its heap
-    instead of fresh ``mmap`` pages (RESULTS.md cpu: the step takes 0.8x the
-    time with ``M=8``). Layers that use batch statistics (``BatchNorm`` in
+    on CPU the MNIST CNN's step at batch 128 needs 21 MB of temporary memory
+    with ``M=8`` instead of 102 MB (``compiled.memory_analysis()``). Below
+    glibc's 32 MB ``mmap`` threshold, that block comes back from the heap on
+    every call, instead of as fresh pages that fault in: 26,000 faults per step
+    (see ``jaxconv.runtime``). RESULTS.md cpu: the step takes 0.80x the time with
+    ``M=8``. Where the process keeps its memory anyway
+    (``runtime.retain_host_memory``), it does not help (RESULTS.md cpu-retained).
+    Layers that use batch statistics (``BatchNorm`` in
     training) see each micro-batch alone, and their running state takes ``M``
     updates per step; dropout draws each micro-batch's masks from
     ``fold_in(step_key, m)``. The batch size must be a multiple of ``M``.

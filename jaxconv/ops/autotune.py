@@ -26,8 +26,8 @@ import jax
 TABLE: list[dict[str, str]] = [
     {"backend": "cpu", "op": "*", "shape": "rows", "impl": "patches",
      "note": "RESULTS.md cpu, table rows: where the patches path takes its row-shift form "
-             "(8-128 channels on 16x16-32x32 maps), fwd+bwd takes 0.35-1.03x the time of "
-             "lax (1.03x on one of 12 layers: 128 channels, 16x16, SAME)"},
+             "(8-128 channels on 16x16-32x32 maps, VALID and SAME), fwd+bwd takes 0.36-0.93x "
+             "the time of lax on all 12 layers"},
     {"backend": "cpu", "op": "*", "shape": "narrow", "impl": "patches",
      "note": "RESULTS.md cpu: fewer than 64 input channels: the MNIST CNN step 1.5-1.7x "
              "faster than with lax; RESULTS.md cpu-autotune: the digits CNN step 1.12x. "
@@ -77,10 +77,11 @@ class RowsRule(NamedTuple):
 
 
 # Per backend; no entry: always the full patch tensor. CPU (RESULTS.md cpu, table rows): in
-# fwd+bwd of 3x3 layers the row-shift form took 0.55-0.91x the time of the full
-# patch tensor from 24 channels of depth on (8 channels, 26x26 maps, up to 384), but
-# 1.54x at depth 3 (1 channel) and 1.02-1.14x on 8x8 maps with SAME padding (10
-# padded rows for 8 output rows). On the MNIST CNN step: 0.86x.
+# fwd+bwd of 3x3 layers the row-shift form took 0.34-0.96x the time of the full patch
+# tensor from 24 channels of depth on (8 channels, 26x26 maps, up to 384). Measured
+# while choosing the rule (scratch runs, same layers): 1.54x at depth 3 (1 channel) and
+# 1.02-1.14x on 8x8 maps with SAME padding (10 padded rows for 8 output rows). The
+# MNIST CNN step (RESULTS.md cpu, table step): 0.88x the time of the full patch tensor.
 PATCH_ROWS: dict[str, RowsRule] = {
     "cpu": RowsRule(min_depth=24, max_waste=1.25),
 }

@@ -60,8 +60,8 @@ padded rows that start no output row (8% more work for the MNIST CNN's
 gradients are plain JAX autodiff of these slices, one matmul each and pads:
 no scatter, no second patch tensor. Batch chunks are sized as for the full
 patch tensor. Measured on CPU (RESULTS.md cpu, table rows), fwd+bwd of 3x3
-layers takes 0.55-0.91x the time of the full patch tensor (for the MNIST
-CNN's second layer, a batch of 128 writes 30 MB of patches instead of 85 MB).
+layers takes 0.34-0.96x the time of the full patch tensor (0.71x for the MNIST
+CNN's second layer, whose batch of 128 writes 30 MB of patches instead of 85 MB).
 """
 
 from __future__ import annotations
