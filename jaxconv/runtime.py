@@ -2,7 +2,7 @@
 
 ``enable_compilation_cache()``: JAX's persistent compilation cache, so that
 a second run of the same program loads its compiled steps from disk instead
-of compiling them again (``jaxconv train --epochs 15`` on the digits, 2 cores: 7.3 s -> 3.6 s).
+of compiling them again (``jaxconv train --epochs 15`` on the digits, 2 cores: 8.9 s -> 4.3 s).
 
 ``retain_host_memory()``: XLA:CPU allocates each executable's temporary buffer,
 and every output, with ``malloc`` on every call. glibc serves large blocks

@@ -164,9 +164,10 @@ def test_row_shift_form_accumulates_bfloat16_in_float32():
     np.testing.assert_allclose(got.astype(jnp.float32), want, rtol=2**-8, atol=2**-8 * 4)
 
 
-def test_patches_under_jit_vmap_jvp_and_second_order():
-    x, w = _rand((2, 5, 5, 2)), _rand((2, 2, 1, 2), seed=1)
-    kw = dict(stride=2, padding="SAME", groups=2)
+@pytest.mark.parametrize("groups, rows", [(2, False), (1, True)], ids=["full", "rows"])
+def test_patches_under_jit_vmap_jvp_and_second_order(groups, rows):
+    x, w = _rand((2, 5, 5, 2)), _rand((2, 2, 2 // groups, 2), seed=1)
+    kw = dict(stride=(1, 2) if rows else 2, padding="SAME", groups=groups)
     pat = lambda x, w: conv(x, w, impl="patches", **kw)  # noqa: E731
     ref = lambda x, w: conv(x, w, impl="lax", precision=HIGHEST, **kw)  # noqa: E731
     loss = lambda f: (lambda x, w: jnp.sum(jnp.tanh(f(x, w))))  # noqa: E731
@@ -183,7 +184,13 @@ def test_patches_under_jit_vmap_jvp_and_second_order():
                          lax.scan(lambda c, xi, f=f: (c, f(xi, w)), 0, xs)[1])
         return out
 
-    out = transformed(x, w, xs)
+    with mock.patch.dict(autotune.PATCH_ROWS, ROWS_ALWAYS if rows else {}, clear=not rows):
+        out = transformed(x, w, xs)
+        # A new function: jax.jit(pat) above cached pat's trace under the old rule.
+        jaxpr = jax.make_jaxpr(lambda a, b: pat(a, b))(x, w).jaxpr
+        dots = [e.outvars[0].aval.shape[-1] for e in _equations(jaxpr)
+                if e.primitive.name == "dot_general"]
+    assert (dots == [4]) if rows else (4 not in dots), dots   # row-shift matmul: 2 rows x 2 outputs
     for a, b in zip(jax.tree_util.tree_leaves(out["pat"]), jax.tree_util.tree_leaves(out["ref"])):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
 

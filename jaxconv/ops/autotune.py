@@ -14,6 +14,11 @@ first rule whose every field matches wins. Fields:
 
 To refine the table from new measurements, edit :data:`TABLE` (more specific
 rules first); nothing else needs to change.
+
+This module's tables (:data:`TABLE`, :data:`PATCH_CHUNK_BYTES`,
+:data:`PATCH_ROWS`) are read when a convolution is traced. A function that
+``jax.jit`` has already traced keeps the choices it was traced with: change
+them before its first call, or call ``jax.clear_caches()``.
 """
 
 from __future__ import annotations
