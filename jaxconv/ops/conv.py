@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxconv.ops import autotune
+
 Padding = Any  # "SAME" | "SAME_LOWER" | "VALID" | int | Sequence[int] | Sequence[(lo, hi)]
 
 PADDING_STRINGS = ("SAME", "SAME_LOWER", "VALID")
@@ -409,6 +411,7 @@ def run_spec(x: Any, kernel: Any, spec: ConvSpec, impl: str) -> Any:
 
 
 def check_impl(impl: Any, where: str) -> None:
+    """``ValueError`` naming ``where`` unless ``impl`` is one of ``IMPLS``."""
     if impl not in IMPLS:
         raise ValueError(f"{where}: unknown impl {impl!r}; expected one of {IMPLS}")
 
@@ -420,9 +423,8 @@ def resolve_impl(impl: str, op: str, x: Any, kernel: Any, spec: ConvSpec) -> str
     """
     if impl != "auto":
         return impl
-    from jaxconv.ops.autotune import choose_impl, rows_apply, rows_rule  # noqa: PLC0415
-    rows = rows_apply(x.shape, kernel.shape, spec, rows_rule())
-    return choose_impl(op, tuple(x.shape), tuple(kernel.shape), spec.groups, rows=rows)
+    rows = autotune.rows_apply(x.shape, kernel.shape, spec, autotune.rows_rule())
+    return autotune.choose_impl(op, tuple(x.shape), tuple(kernel.shape), spec.groups, rows=rows)
 
 
 def _unit_dilation(window, dilations):

@@ -69,7 +69,6 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from functools import partial
 from typing import Any
 
 import jax
@@ -133,7 +132,7 @@ def _contract(patches: Any, kernel: Any, groups: int, precision: Any) -> Any:
     return y.reshape(*y.shape[:-2], f)
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(2,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _conv_general(x, kernel, spec):
     window = kernel.shape[:kernel.ndim - 2]
     return _contract(patches_general(x, window, spec), kernel, spec.groups, spec.precision)
@@ -238,6 +237,10 @@ def batch_chunk_size(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], sp
 def patches_conv_general(x: Any, kernel: Any, spec: ConvSpec, *,
                          batch_chunk: int | None = None) -> Any:
     """Evaluates a ``ConvSpec`` with patches + matmul (differentiable in both modes).
+
+    The full patch tensor, or the row-shift form where the backend's rule
+    (``jaxconv.ops.autotune.rows_apply`` with ``rows_rule()``) takes it: see
+    the module docstring.
 
     Args:
       x: ``(N, *spatial, C)``.
