@@ -338,7 +338,7 @@ ROWS_SHAPES = tuple(
 
 def section_rows(args, log):
     """The patches path's row-shift form against its full patch tensor and lax, fwd+bwd."""
-    from jaxconv.bench import QUICK_SHAPES, conv_cases, measure_interleaved as measure
+    from jaxconv.bench import QUICK_SHAPES, conv_cases
     from jaxconv.ops import autotune
 
     rule = autotune.rows_rule()
@@ -349,8 +349,8 @@ def section_rows(args, log):
         full.name = "full"
         default, lax_case = conv_cases(shape, ["patches", "lax"], modes=["fwd+bwd"])
         default.name, lax_case.name = "default", "lax"
-        stats = measure([full, default, lax_case], rounds=args.rounds, target_s=args.target,
-                        log=log)
+        stats = measure_interleaved([full, default, lax_case], rounds=args.rounds,
+                                    target_s=args.target, log=log)
         takes = rows_taken(shape, rule)
         ms = {name: s.median * 1e3 for name, s in stats.items()}
         rows.append([shape.label, shape.describe(), "rows" if takes else "full",

@@ -9,7 +9,6 @@ convolutions with output_padding). Float64 tests run inside
 
 from __future__ import annotations
 
-import math
 from unittest import mock
 
 import jax
@@ -26,7 +25,7 @@ from jaxconv.ops.conv import (conv, conv_output_shape, conv_transpose, conv_tran
                               padding_pairs)
 from jaxconv.verify import Case, draw_case, relative_error
 from tests import oracle
-from tests.test_ops_patches import _equations
+from tests.test_ops_patches import ROWS_ALWAYS, _equations
 
 HIGHEST = lax.Precision.HIGHEST
 SETTINGS = dict(deadline=None, derandomize=True,
@@ -97,10 +96,6 @@ def test_float64_patches_in_batch_chunks_match_oracle(data):
     with jax.enable_x64(True), mock.patch.dict(autotune.PATCH_CHUNK_BYTES,
                                                {jax.default_backend(): 1}):
         _check_against_oracle(case, np.float64, 1e-12, seed=len(case.x_shape) + 1)
-
-
-# The patches path's row-shift form wherever it can apply (any depth, any waste).
-ROWS_ALWAYS = {jax.default_backend(): autotune.RowsRule(min_depth=1, max_waste=math.inf)}
 
 
 def _takes_rows(case) -> bool:
