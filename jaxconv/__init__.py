@@ -8,29 +8,123 @@ Layers are pure ``(init, apply)`` pairs over parameter pytrees::
     logits, state = model.apply(params, state, images)
 """
 
-import importlib
-
-from jaxconv import ops
-from jaxconv.core import (Layer, count_params, fan_in_concat, fan_in_sum, fan_out, parallel,
-                          residual, serial)
-from jaxconv import models, runtime
-from jaxconv.data import load_dataset
-from jaxconv.layers import *  # noqa: F401,F403
-from jaxconv.layers import __all__ as _layers_all
-from jaxconv.summary import summary
-from jaxconv.losses import accuracy, cross_entropy, square_loss
-from jaxconv.train import TrainState, create_train_state, evaluate, fit, make_train_step
-
-# ``jc.parallel`` names both the combinator and the scale-out module: the module is
-# callable as the combinator (see jaxconv/parallel.py), so bind the module here.
-parallel = importlib.import_module("jaxconv.parallel")  # noqa: F811
+from jaxconv import checkpoint as checkpoint
+from jaxconv import convert as convert
+from jaxconv import data as data
+from jaxconv import distributed as distributed
+from jaxconv import layers as layers
+from jaxconv import losses as losses
+from jaxconv import models as models
+from jaxconv import ops as ops
+from jaxconv import runtime as runtime
+from jaxconv import structure as structure
+from jaxconv import train as train
+from jaxconv.core import Layer as Layer
+from jaxconv.core import count_params as count_params
+from jaxconv.core import fan_in_concat as fan_in_concat
+from jaxconv.core import fan_in_sum as fan_in_sum
+from jaxconv.core import fan_out as fan_out
+from jaxconv.core import parallel as parallel
+from jaxconv.core import residual as residual
+from jaxconv.core import serial as serial
+from jaxconv.data import load_dataset as load_dataset
+from jaxconv.layers import AdaptiveAvgPool as AdaptiveAvgPool
+from jaxconv.layers import AdaptiveMaxPool as AdaptiveMaxPool
+from jaxconv.layers import AvgPool as AvgPool
+from jaxconv.layers import BatchNorm as BatchNorm
+from jaxconv.layers import Conv as Conv
+from jaxconv.layers import ConvTranspose as ConvTranspose
+from jaxconv.layers import Dense as Dense
+from jaxconv.layers import Dropout as Dropout
+from jaxconv.layers import Elu as Elu
+from jaxconv.layers import Flatten as Flatten
+from jaxconv.layers import Gelu as Gelu
+from jaxconv.layers import GlobalAvgPool as GlobalAvgPool
+from jaxconv.layers import GlobalMaxPool as GlobalMaxPool
+from jaxconv.layers import GroupNorm as GroupNorm
+from jaxconv.layers import Identity as Identity
+from jaxconv.layers import Lambda as Lambda
+from jaxconv.layers import LayerNorm as LayerNorm
+from jaxconv.layers import LeakyRelu as LeakyRelu
+from jaxconv.layers import LogSoftmax as LogSoftmax
+from jaxconv.layers import MaxPool as MaxPool
+from jaxconv.layers import MinPool as MinPool
+from jaxconv.layers import Relu as Relu
+from jaxconv.layers import Reshape as Reshape
+from jaxconv.layers import Sigmoid as Sigmoid
+from jaxconv.layers import Softmax as Softmax
+from jaxconv.layers import Tanh as Tanh
+from jaxconv.losses import accuracy as accuracy
+from jaxconv.losses import cross_entropy as cross_entropy
+from jaxconv.losses import square_loss as square_loss
+from jaxconv.structure import summary as summary
+from jaxconv.train import TrainState as TrainState
+from jaxconv.train import create_train_state as create_train_state
+from jaxconv.train import evaluate as evaluate
+from jaxconv.train import fit as fit
+from jaxconv.train import make_train_step as make_train_step
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Layer", "serial", "parallel", "fan_out", "fan_in_sum", "fan_in_concat", "residual",
-    "count_params", "ops", "models", "runtime", "load_dataset", "cross_entropy", "square_loss",
+__all__ = (
+    # modules
+    "checkpoint",
+    "convert",
+    "data",
+    "distributed",
+    "layers",
+    "losses",
+    "models",
+    "ops",
+    "runtime",
+    "structure",
+    "train",
+    # the layer contract and combinators
+    "Layer",
+    "count_params",
+    "fan_in_concat",
+    "fan_in_sum",
+    "fan_out",
+    "parallel",
+    "residual",
+    "serial",
+    # layers
+    "AdaptiveAvgPool",
+    "AdaptiveMaxPool",
+    "AvgPool",
+    "BatchNorm",
+    "Conv",
+    "ConvTranspose",
+    "Dense",
+    "Dropout",
+    "Elu",
+    "Flatten",
+    "Gelu",
+    "GlobalAvgPool",
+    "GlobalMaxPool",
+    "GroupNorm",
+    "Identity",
+    "Lambda",
+    "LayerNorm",
+    "LeakyRelu",
+    "LogSoftmax",
+    "MaxPool",
+    "MinPool",
+    "Relu",
+    "Reshape",
+    "Sigmoid",
+    "Softmax",
+    "Tanh",
+    # losses and metrics
     "accuracy",
-    "TrainState", "create_train_state", "make_train_step", "evaluate", "fit", "summary",
-    *_layers_all,
-]
+    "cross_entropy",
+    "square_loss",
+    # data, training, inspection
+    "load_dataset",
+    "TrainState",
+    "create_train_state",
+    "evaluate",
+    "fit",
+    "make_train_step",
+    "summary",
+)

@@ -71,9 +71,9 @@ def setup_devices(args: argparse.Namespace):
     The mesh spans ``--devices`` devices (default: all of them, over all processes);
     ``None`` for a single device.
     """
-    from jaxconv import parallel
+    from jaxconv import distributed
 
-    parallel.initialize(args.coordinator, args.num_processes, args.process_id,
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id,
                         auto=args.auto_distributed)
     import jax
 
@@ -81,8 +81,8 @@ def setup_devices(args: argparse.Namespace):
         return None
     if args.devices == 1 and jax.process_count() == 1:
         return None
-    mesh = parallel.data_mesh(args.devices)
-    parallel.check_batch_size(args.batch_size, mesh, where="--batch-size")
+    mesh = distributed.data_mesh(args.devices)
+    distributed.check_batch_size(args.batch_size, mesh, where="--batch-size")
     return mesh
 
 
@@ -112,7 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 2
     import jax
 
-    from jaxconv import parallel
+    from jaxconv import distributed
 
     from jaxconv.data import batches_per_epoch, load_dataset, parse_augment
     from jaxconv.train import NonFiniteLossError, fit
@@ -139,7 +139,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             len(data.train.labels), args.batch_size, args.steps_per_call),
     }
     model, optimizer, loss_fn = _build(config)
-    say = print if parallel.is_primary() else (lambda *a, **k: None)
+    say = print if distributed.is_primary() else (lambda *a, **k: None)
     devices = 1 if mesh is None else mesh.devices.size
     say(f"jaxconv train: {args.model} on {data.name} "
         f"({len(data.train.labels)} train / {len(data.test.labels)} test), {epochs} epochs, "
@@ -161,8 +161,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as e:
         print(f"jaxconv train: {e}", file=sys.stderr)
         return 1
-    state = parallel.fetch(state)  # host copies: the plots below run on process 0 alone
-    if not parallel.is_primary():  # process 0 reports and writes the outputs
+    state = distributed.fetch(state)  # host copies: the plots below run on process 0 alone
+    if not distributed.is_primary():  # process 0 reports and writes the outputs
         return 0
     final = history[-1]
     print(f"final test accuracy: {final['test_accuracy']:.4f}")
@@ -211,7 +211,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_summary(args: argparse.Namespace) -> int:
     from jaxconv.models import INPUT_SHAPES, get_model
-    from jaxconv.summary import summary
+    from jaxconv.structure import summary
 
     if args.input_shape:
         try:

@@ -6,7 +6,7 @@ Layouts (PyTorch -> jaxconv, channels-last):
   (``OIHW -> HWIO``).
 - ``ConvTranspose{1,2,3}d.weight`` ``(C, F // groups, *k)`` -> ``kernel``
   ``(*k, F // groups, C)``: the layout of the convolution it transposes
-  (DESIGN.md section 2), the same axis permutation as for ``Conv``.
+ , the same axis permutation as for ``Conv``.
 - ``Linear.weight`` ``(out, in)`` -> ``kernel`` ``(in, out)``. When the Linear
   follows ``torch.flatten`` of an NCHW feature map, its input columns are in
   ``(C, H, W)`` order, while ``jaxconv.Flatten`` of NHWC gives ``(H, W, C)``
@@ -209,7 +209,7 @@ def load_torch_state_dict(model: Layer, input_shape: Sequence[int],
       ValueError: on a missing/extra module or tensor, or a shape mismatch
         (naming the tensor, the expected and the received shape).
     """
-    from jaxconv.summary import _init_shapes, walk
+    from jaxconv.structure import _init_shapes, walk
 
     _, like_params, like_state = _init_shapes(model, tuple(input_shape))
     leaves, flatten_origin = [], None

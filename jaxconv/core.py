@@ -1,6 +1,6 @@
 """The layer contract and the combinators that compose layers.
 
-A layer is a pair of pure functions (DESIGN.md section 1)::
+A layer is a pair of pure functions ::
 
     init(key, input_shape) -> (output_shape, params, state)
     apply(params, state, x, *, key=None, train=False) -> (y, new_state)
@@ -17,7 +17,6 @@ checkpoint keys read like ``params/conv0/kernel``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Union
 
@@ -108,10 +107,6 @@ def positive_int(value: Any, name: str, layer: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"{layer}: {name} must be a positive int, got {value!r}")
     return value
-
-
-def num_elements(shape: Sequence[int]) -> int:
-    return math.prod(shape)
 
 
 # --------------------------------------------------------------------------

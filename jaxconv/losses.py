@@ -37,5 +37,3 @@ def accuracy(logits: Any, labels: Any) -> Any:
     """Fraction of rows whose arg-max equals the integer label."""
     return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
 
-
-LOSSES = {"cross_entropy": cross_entropy, "square": square_loss}

@@ -9,6 +9,7 @@ each model's natural input ``(H, W, C)``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,9 +18,9 @@ from jaxconv.layers import (AvgPool, BatchNorm, Conv, Dense, Dropout, Flatten, G
                             Lambda, MaxPool, Relu, Sigmoid, Tanh)
 
 
-def seed_mlp(hidden: Sequence[int] = (4, 4), num_outputs: int = 2, *, impl: str = "auto",
+def intro_mlp(hidden: Sequence[int] = (4, 4), num_outputs: int = 2, *, impl: str = "auto",
              dtype: Any = None) -> Layer:
-    """The seed text's feed-forward network: two sigmoid hidden layers and an output layer.
+    """The introductory feed-forward network: two sigmoid hidden layers and an output layer.
 
     ``(N, F) -> Dense(hidden[0]) -> sigmoid -> Dense(hidden[1]) -> sigmoid -> Dense(num_outputs)``.
     ``impl`` is accepted for a uniform signature (there is no convolution).
@@ -29,9 +30,9 @@ def seed_mlp(hidden: Sequence[int] = (4, 4), num_outputs: int = 2, *, impl: str 
                   Dense(num_outputs, dtype=dtype))
 
 
-def seed_cnn(num_classes: int = 10, *, kernel_size: int = 3, impl: str = "auto",
+def intro_cnn(num_classes: int = 10, *, kernel_size: int = 3, impl: str = "auto",
              dtype: Any = None) -> Layer:
-    """The seed text's ConvNet on 32x32x3 images.
+    """The introductory ConvNet on 32x32x3 images.
 
     ``32x32x3 -> Conv 12 filters (3x3, SAME) -> 32x32x12 -> ReLU -> 2x2 max pool, stride 2
     -> 16x16x12 -> Flatten (3072) -> Dense(num_classes)`` (the class scores).
@@ -130,9 +131,9 @@ def resnet9(num_classes: int = 10, *, width: int = 64, output_scale: float = 0.1
 
 
 MODELS = {
-    "seed_mlp": seed_mlp,
+    "intro_mlp": intro_mlp,
     "digits_cnn": digits_cnn,
-    "seed_cnn": seed_cnn,
+    "intro_cnn": intro_cnn,
     "lenet5": lenet5,
     "mnist_cnn": mnist_cnn,
     "resnet9": resnet9,
@@ -140,22 +141,30 @@ MODELS = {
 
 #: Natural input ``(H, W, C)`` (or ``(F,)``) of each model, without the batch dimension.
 INPUT_SHAPES = {
-    "seed_mlp": (8, 8, 1),
+    "intro_mlp": (8, 8, 1),
     "digits_cnn": (8, 8, 1),
-    "seed_cnn": (32, 32, 3),
+    "intro_cnn": (32, 32, 3),
     "lenet5": (28, 28, 1),
     "mnist_cnn": (28, 28, 1),
     "resnet9": (32, 32, 3),
 }
 
 
+#: Earlier names of renamed models, still read from saved runs (with a DeprecationWarning).
+_RENAMED = {"seed_mlp": "intro_mlp", "seed_cnn": "intro_cnn"}
+
+
 def get_model(name: str, num_classes: int = 10, **kwargs: Any) -> Layer:
     """Builds a model of ``MODELS`` by name; ``kwargs`` (``impl``, ``dtype``...) are passed on.
 
-    ``seed_mlp`` is wrapped with a leading ``Flatten`` so that it takes images.
+    ``intro_mlp`` is wrapped with a leading ``Flatten`` so that it takes images.
     """
+    if name in _RENAMED:
+        warnings.warn(f"model {name!r} is now called {_RENAMED[name]!r}", DeprecationWarning,
+                      stacklevel=2)
+        name = _RENAMED[name]
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
-    if name == "seed_mlp":
-        return serial(Flatten(), seed_mlp(num_outputs=num_classes, **kwargs))
+    if name == "intro_mlp":
+        return serial(Flatten(), intro_mlp(num_outputs=num_classes, **kwargs))
     return MODELS[name](num_classes=num_classes, **kwargs)

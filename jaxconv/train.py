@@ -13,7 +13,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxconv.parallel import (barrier, batch_sharding, check_batch_size, check_mesh, data_size, fetch, is_primary,
+from jaxconv.distributed import (barrier, batch_sharding, check_batch_size, check_mesh, data_size, fetch, is_primary,
                               replicate, replicated_sharding, shard_batch)
 from jaxconv.core import Layer, PyTree
 from jaxconv.data import Split, batches_per_epoch, epoch_batches
@@ -177,14 +177,14 @@ def make_train_step(
     updates per step; dropout draws each micro-batch's masks from
     ``fold_in(step_key, m)``. The batch size must be a multiple of ``M``.
 
-    With a ``mesh`` (see ``jaxconv.parallel``), the step is compiled for all of
+    With a ``mesh`` (see ``jaxconv.distributed``), the step is compiled for all of
     its devices: the batch is sharded along the mesh's ``"data"`` axis, the
     train state is replicated (inputs and outputs), and XLA all-reduces the
     gradients and BatchNorm's batch statistics, so the result equals the
     one-device step on the same global batch. The global batch size must be
     divisible by the size of the ``"data"`` axis (``ValueError`` otherwise).
-    With several processes, pass global arrays (``parallel.replicate``,
-    ``parallel.shard_batch`` / ``parallel.host_local_batch``). The mesh step is
+    With several processes, pass global arrays (``distributed.replicate``,
+    ``distributed.shard_batch`` / ``distributed.host_local_batch``). The mesh step is
     a thin Python wrapper (the batch-size check) around the ``jax.jit``
     function, which it exposes as ``.jitted`` (and ``.lower``).
     """
@@ -355,7 +355,7 @@ def evaluate(
     The last batch is padded to ``batch_size`` (and masked), so every call
     reuses one compiled function. With a ``mesh`` the batches are sharded over
     its ``"data"`` axis (``batch_size`` is rounded up to a multiple of its size)
-    and ``params``/``state`` should be replicated on it (``parallel.replicate``).
+    and ``params``/``state`` should be replicated on it (``distributed.replicate``).
     """
     images, labels = data
     n = len(labels)
@@ -448,7 +448,7 @@ def fit(
       resume: continue from the newest checkpoint in ``checkpoint_dir`` that
         reads back intact (corrupt ones are skipped; a fresh start if there is none).
       metadata: JSON-serialisable dict stored in every checkpoint (model name, config).
-      mesh: train data-parallel over this device mesh (``jaxconv.parallel.data_mesh()``):
+      mesh: train data-parallel over this device mesh (``jaxconv.distributed.data_mesh()``):
         the train state is replicated, each global batch of ``batch_size`` is
         sharded over the ``"data"`` axis (``batch_size`` must be divisible by
         its size), and results equal a one-device run. With several processes

@@ -1,4 +1,4 @@
-"""Shared checks of the layer contract (DESIGN.md section 1), used by every layer test."""
+"""Shared checks of the layer contract , used by every layer test."""
 
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ def test_train_writes_checkpoints_metrics_and_plots_then_evaluate_agrees(tmp_pat
 
 def test_train_resume_continues_from_the_checkpoint(tmp_path, capsys):
     out = str(tmp_path / "mlp")
-    args = ["train", "--model", "seed_mlp", "--epochs", "1", "--batch-size", "256", "--out", out,
+    args = ["train", "--model", "intro_mlp", "--epochs", "1", "--batch-size", "256", "--out", out,
             "--no-progress", "--no-plots", "--optimizer", "sgd", "--schedule", "constant",
             "--label-smoothing", "0", "--augment", "none"]
     assert main(args) == 0
@@ -100,7 +100,7 @@ def test_the_program_caches_compilations(tmp_path):
     env = dict(os.environ, JAXCONV_COMPILATION_CACHE=str(cache), JAX_PLATFORMS="cpu",
                PYTHONPATH=root)
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    proc = subprocess.run([sys.executable, "-m", "jaxconv", "train", "--model", "seed_mlp",
+    proc = subprocess.run([sys.executable, "-m", "jaxconv", "train", "--model", "intro_mlp",
                            "--epochs", "1", "--batch-size", "256", "--no-progress", "--no-plots",
                            "--out", str(tmp_path / "run")], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -109,5 +109,5 @@ def test_the_program_caches_compilations(tmp_path):
     assert any(files for _, _, files in os.walk(cache)), "nothing was cached"
     import jax
 
-    assert main(["summary", "seed_mlp"]) == 0
+    assert main(["summary", "intro_mlp"]) == 0
     assert not jax.config.jax_compilation_cache_dir  # main in this process left JAX alone

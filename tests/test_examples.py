@@ -18,8 +18,8 @@ def run_example(name, *args, timeout=300, cwd=None):
     return proc.stdout
 
 
-def test_seed_mlp_example_lowers_the_error():
-    out = run_example("seed_mlp.py")
+def test_intro_mlp_example_lowers_the_error():
+    out = run_example("intro_mlp.py")
     assert "layers: ['dense0', 'sigmoid0', 'dense1', 'sigmoid1', 'dense2']" in out
     before, after = (float(v) for v in out.split("before ")[1].split(", after one step "))
     assert after < before

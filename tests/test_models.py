@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import jaxconv as jc
-from jaxconv.models import INPUT_SHAPES, MODELS, get_model, resnet9, seed_cnn
+from jaxconv.models import INPUT_SHAPES, MODELS, get_model, resnet9, intro_cnn
 
 
 def conv(h, w, cin, cout, k, bias=True):
@@ -40,17 +40,17 @@ def resnet9_count():
 
 # name -> (params, state, multiply-adds per example), counted by hand from the architectures.
 HAND = {
-    "seed_mlp": (*total(dense(64, 4), dense(4, 4), dense(4, 10)), 0),
+    "intro_mlp": (*total(dense(64, 4), dense(4, 4), dense(4, 10)), 0),
     "digits_cnn": (*total(conv(8, 8, 1, 32, 3), conv(8, 8, 32, 64, 3), dense(4 * 4 * 64, 128),
                           dense(128, 10)), 0),
-    "seed_cnn": (*total(conv(32, 32, 3, 12, 3), dense(16 * 16 * 12, 10)), 0),
+    "intro_cnn": (*total(conv(32, 32, 3, 12, 3), dense(16 * 16 * 12, 10)), 0),
     "lenet5": (*total(conv(28, 28, 1, 6, 5), conv(10, 10, 6, 16, 5), dense(400, 120),
                       dense(120, 84), dense(84, 10)), 0),
     "mnist_cnn": (*total(conv(26, 26, 1, 32, 3), conv(24, 24, 32, 64, 3), dense(9216, 128),
                          dense(128, 10)), 0),
     "resnet9": resnet9_count(),
 }
-for name in ("seed_mlp", "digits_cnn", "seed_cnn", "lenet5", "mnist_cnn"):
+for name in ("intro_mlp", "digits_cnn", "intro_cnn", "lenet5", "mnist_cnn"):
     p, m, s = HAND[name]
     HAND[name] = (p, s, m)
 
@@ -90,7 +90,7 @@ def run_model(name, batch=2):
     return model, ts, changed
 
 
-@pytest.mark.parametrize("name", ["seed_mlp", "digits_cnn", "seed_cnn", "lenet5", "mnist_cnn"])
+@pytest.mark.parametrize("name", ["intro_mlp", "digits_cnn", "intro_cnn", "lenet5", "mnist_cnn"])
 def test_model_shapes_and_train_step(name):
     run_model(name)
 
@@ -112,14 +112,14 @@ def test_summary_totals_equal_hand_count(name):
     assert sum(r.params for r in s.rows) == s.total_params
 
 
-def test_seed_cnn_volumes():
-    s = jc.summary(seed_cnn(impl="lax"), (-1, 32, 32, 3))
+def test_intro_cnn_volumes():
+    s = jc.summary(intro_cnn(impl="lax"), (-1, 32, 32, 3))
     shapes = [r.output_shape for r in s.rows]
     assert shapes == [(-1, 32, 32, 12), (-1, 32, 32, 12), (-1, 16, 16, 12), (-1, 3072), (-1, 10)]
 
 
 def test_bf16_compute_dtype():
-    model = seed_cnn(impl="lax", dtype=jnp.bfloat16)
+    model = intro_cnn(impl="lax", dtype=jnp.bfloat16)
     _, params, state = model.init(jax.random.PRNGKey(0), (-1, 32, 32, 3))
     assert params["conv0"]["kernel"].dtype == jnp.float32
     y, _ = model.apply(params, state, jnp.ones((1, 32, 32, 3)))
@@ -139,17 +139,23 @@ def test_get_model_errors():
 
 
 @pytest.mark.slow
-def test_seed_walkthrough_example(tmp_path, monkeypatch, capsys):
+def test_intro_walkthrough_example(tmp_path, monkeypatch, capsys):
     import os
     import runpy
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = tmp_path / "walk.png"
-    monkeypatch.setattr("sys.argv", ["seed_walkthrough.py", "--out", str(out)])
-    runpy.run_path(os.path.join(root, "examples", "seed_walkthrough.py"), run_name="__main__")
+    monkeypatch.setattr("sys.argv", ["intro_walkthrough.py", "--out", str(out)])
+    runpy.run_path(os.path.join(root, "examples", "intro_walkthrough.py"), run_name="__main__")
     stdout = capsys.readouterr().out
     for words in ("input volume: 32x32x3", "conv0      (conv) -> 32x32x12",
                   "relu0      (relu) -> 32x32x12", "max_pool0  (max_pool) -> 16x16x12",
                   "dense0     (dense) -> 10", "declared output shape (-1, 10), produced (1, 10)"):
         assert words in stdout, stdout
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_renamed_models_still_build_from_saved_runs():
+    with pytest.warns(DeprecationWarning, match="'seed_cnn' is now called 'intro_cnn'"):
+        model = get_model("seed_cnn", impl="lax")
+    assert model.init(None, (-1, 32, 32, 3))[0] == (-1, 10)

@@ -67,24 +67,3 @@ def Softmax(axis: int = -1) -> Layer:
 def LogSoftmax(axis: int = -1) -> Layer:
     """``x_i - log(sum_j exp(x_j))`` along ``axis``."""
     return elementwise(partial(jax.nn.log_softmax, axis=axis), "log_softmax")
-
-
-ACTIVATIONS: dict[str, Callable[[], Layer]] = {
-    "relu": Relu,
-    "leaky_relu": LeakyRelu,
-    "elu": Elu,
-    "gelu": Gelu,
-    "sigmoid": Sigmoid,
-    "tanh": Tanh,
-    "softmax": Softmax,
-    "log_softmax": LogSoftmax,
-}
-
-
-def activation(name: str) -> Layer:
-    """Looks an activation layer up by name (``"relu"``, ``"tanh"``...)."""
-    try:
-        return ACTIVATIONS[name]()
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None

@@ -8,12 +8,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxconv.core import Layer, cast_to, check_input, normalize_shape, positive_int
-from jaxconv.layers.dense import kernel_and_bias
+from jaxconv.layers.dense import default_kernel_init, kernel_and_bias
 from jaxconv.ops.conv import (IMPLS, check_padding_mode, check_padding_string, conv,
                               conv_output_shape, conv_transpose, conv_transpose_output_shape)
-
-default_kernel_init = jax.nn.initializers.lecun_normal()
-
 
 def _check_spatial(value: Any, name: str, layer: str, minimum: int) -> None:
     """Factory-time check of an int / tuple-of-ints option (length is checked at init)."""

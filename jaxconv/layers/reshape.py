@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from jaxconv.core import Layer, normalize_shape, num_elements
+from jaxconv.core import Layer, normalize_shape
 
 
 def Flatten() -> Layer:
@@ -17,7 +18,7 @@ def Flatten() -> Layer:
         shape = normalize_shape(input_shape, "Flatten")
         if len(shape) < 1:
             raise ValueError(f"Flatten: expected an input with a batch dimension, got {shape}")
-        return (shape[0], num_elements(shape[1:])), {}, {}
+        return (shape[0], math.prod(shape[1:])), {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
         return jnp.reshape(x, (jnp.shape(x)[0], -1)), state
@@ -35,8 +36,8 @@ def Reshape(shape: Sequence[int]) -> Layer:
             f"Reshape: shape must be positive ints with at most one -1, got {shape!r}")
 
     def out_shape(in_shape):
-        size = num_elements(in_shape[1:])
-        known = num_elements(d for d in target if d != -1)
+        size = math.prod(in_shape[1:])
+        known = math.prod(d for d in target if d != -1)
         if -1 in target:
             if size % known:
                 raise ValueError(
@@ -44,10 +45,10 @@ def Reshape(shape: Sequence[int]) -> Layer:
             full = tuple(size // known if d == -1 else d for d in target)
         else:
             full = target
-        if num_elements(full) != size:
+        if math.prod(full) != size:
             raise ValueError(
                 f"Reshape: cannot reshape input of shape {in_shape} ({size} features) "
-                f"to (batch, *{target}) ({num_elements(full)} features)")
+                f"to (batch, *{target}) ({math.prod(full)} features)")
         return (in_shape[0],) + full
 
     def init(key, input_shape):

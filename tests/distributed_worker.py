@@ -1,14 +1,14 @@
-"""Subprocess worker for tests/test_parallel.py (not a test module itself).
+"""Subprocess worker for tests/test_distributed.py (not a test module itself).
 
 Device counts are fixed when JAX starts, so the multi-device checks run in
 fresh interpreters:
 
-* ``python tests/parallel_worker.py sharded OUT.json`` — run with
+* ``python tests/distributed_worker.py sharded OUT.json`` — run with
   ``XLA_FLAGS=--xla_force_host_platform_device_count=4``: trains on 4
   simulated CPU devices and on 1, and reports the differences and the error
   messages of the bad cases.
-* ``python tests/parallel_worker.py distributed OUT_DIR`` — one process of a
-  multi-process run; ``jaxconv.parallel.initialize`` reads the coordinator,
+* ``python tests/distributed_worker.py distributed OUT_DIR`` — one process of a
+  multi-process run; ``jaxconv.distributed.initialize`` reads the coordinator,
   process count and process id from the environment. Writes its final params
   to ``OUT_DIR/params_{process_id}.npz`` and, from process 0 only, a
   checkpoint ``checkpoint_by_process_0.npz``.
@@ -80,7 +80,7 @@ def train_steps(mesh=None, *, steps_per_call=1, feed="global", ts=None, steps=ST
     import jax
 
     import jaxconv as jc
-    from jaxconv import parallel
+    from jaxconv import distributed
 
     net, opt = model(), optimizer()
     images, labels = data(GLOBAL_BATCH * steps)
@@ -88,19 +88,19 @@ def train_steps(mesh=None, *, steps_per_call=1, feed="global", ts=None, steps=ST
         ts = jc.create_train_state(net, jax.random.PRNGKey(0), (-1, 8, 8, 1), opt)
     step = make_step(mesh, steps_per_call)
     if mesh is not None:
-        ts = parallel.replicate(ts, mesh)
+        ts = distributed.replicate(ts, mesh)
     per_call = GLOBAL_BATCH * steps_per_call
     for start in range(0, GLOBAL_BATCH * steps, per_call):
         batch = (images[start:start + per_call], labels[start:start + per_call])
         if steps_per_call > 1:
             batch = tuple(a.reshape((steps_per_call, GLOBAL_BATCH) + a.shape[1:]) for a in batch)
         if mesh is not None and feed == "global":
-            batch = parallel.shard_batch(batch, mesh, steps_per_call=steps_per_call)
+            batch = distributed.shard_batch(batch, mesh, steps_per_call=steps_per_call)
         elif mesh is not None:
-            rows = parallel.process_rows(GLOBAL_BATCH, mesh)
+            rows = distributed.process_rows(GLOBAL_BATCH, mesh)
             axis = 0 if steps_per_call == 1 else 1
             local = tuple(a[(slice(None),) * axis + (rows,)] for a in batch)
-            batch = parallel.host_local_batch(local, mesh, steps_per_call=steps_per_call)
+            batch = distributed.host_local_batch(local, mesh, steps_per_call=steps_per_call)
         ts, _ = step(ts, batch)
     return ts
 
@@ -121,9 +121,9 @@ def flat(tree):
     """``{"a/b/c": np.ndarray}`` of a fetched tree."""
     import jax
 
-    from jaxconv import parallel
+    from jaxconv import distributed
 
-    leaves = jax.tree_util.tree_leaves_with_path(parallel.fetch(tree))
+    leaves = jax.tree_util.tree_leaves_with_path(distributed.fetch(tree))
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
 
@@ -146,10 +146,10 @@ def sharded(out_path):
     from jax.sharding import Mesh
 
     import jaxconv as jc
-    from jaxconv import parallel
+    from jaxconv import distributed
 
     report = {"devices": jax.device_count()}
-    mesh4 = parallel.data_mesh()
+    mesh4 = distributed.data_mesh()
     single = train_steps()
     sharded4 = train_steps(mesh4)
     report["params_sharding"] = str(sharded4.params["conv0"]["kernel"].sharding)
@@ -162,20 +162,20 @@ def sharded(out_path):
     report["bn_state_keys"] = sorted(flat(single.state))
     # The compiled step really communicates: gradients and BatchNorm statistics are all-reduced.
     images, labels = data(GLOBAL_BATCH)
-    hlo = make_step(mesh4, 1).lower(parallel.replicate(single, mesh4),
-                                    parallel.shard_batch((images, labels), mesh4)).compile().as_text()
+    hlo = make_step(mesh4, 1).lower(distributed.replicate(single, mesh4),
+                                    distributed.shard_batch((images, labels), mesh4)).compile().as_text()
     report["all_reduce_ops"] = hlo.count("all-reduce(")
     # The same 5 steps as one compiled call (lax.scan), batch axis 1 sharded.
     scanned = train_steps(mesh4, steps_per_call=5)
     report["params_diff_scan4_vs_1"] = max_diff(scanned.params, single.params)
     # Two devices of four.
-    report["params_diff_2_vs_1"] = max_diff(train_steps(parallel.data_mesh(2)).params, single.params)
+    report["params_diff_2_vs_1"] = max_diff(train_steps(distributed.data_mesh(2)).params, single.params)
     # A user's mesh from jax.make_mesh (axis types Explicit in recent JAX), with a second axis.
     user_mesh = jax.make_mesh((2, 2), ("data", "model"))
     report["params_diff_usermesh_vs_1"] = max_diff(train_steps(user_mesh).params, single.params)
     # A checkpoint written from the 4-device run loads on 2 devices and on 1: one more step agrees.
-    saved = parallel.fetch(sharded4)
-    more2 = train_steps(parallel.data_mesh(2), ts=saved, steps=1)
+    saved = distributed.fetch(sharded4)
+    more2 = train_steps(distributed.data_mesh(2), ts=saved, steps=1)
     more1 = train_steps(None, ts=jax.tree_util.tree_map(jax.numpy.asarray, saved), steps=1)
     report["resume_diff_2_vs_1"] = max_diff(more2.params, more1.params)
     # fit(mesh=...) equals fit() (training, BatchNorm state, evaluation).
@@ -195,7 +195,7 @@ def sharded(out_path):
     cli_out = os.path.join(os.path.dirname(out_path), "cli_run")
     text = io.StringIO()
     with contextlib.redirect_stdout(text):
-        code = main(["train", "--model", "seed_mlp", "--epochs", "1", "--batch-size", "32", "--devices", "4",
+        code = main(["train", "--model", "intro_mlp", "--epochs", "1", "--batch-size", "32", "--devices", "4",
                      "--no-progress", "--out", cli_out])
     with open(os.path.join(cli_out, "metrics.json")) as f:
         report["cli"] = {"code": code, "stdout": text.getvalue(), "metrics": json.load(f)}
@@ -207,31 +207,31 @@ def sharded(out_path):
     step4 = jc.make_train_step(net, opt, mesh=mesh4)
     no_data = Mesh(np.asarray(jax.devices()), ("batch",))
     report["errors"] = {
-        "step_batch_10": error_of(lambda: step4(parallel.replicate(ts0, mesh4), (images[:10], labels[:10]))),
-        "shard_batch_10": error_of(lambda: parallel.shard_batch((images[:10], labels[:10]), mesh4)),
+        "step_batch_10": error_of(lambda: step4(distributed.replicate(ts0, mesh4), (images[:10], labels[:10]))),
+        "shard_batch_10": error_of(lambda: distributed.shard_batch((images[:10], labels[:10]), mesh4)),
         "fit_batch_10": error_of(lambda: jc.fit(net, opt, (images, labels), epochs=1, batch_size=10,
                                                 progress=False, log=None, mesh=mesh4)),
         "scan_batch_6": error_of(lambda: jc.make_train_step(net, opt, steps_per_call=2, mesh=mesh4)(
-            parallel.replicate(ts0, mesh4), (images[:12].reshape(2, 6, 8, 8, 1), labels[:12].reshape(2, 6)))),
+            distributed.replicate(ts0, mesh4), (images[:12].reshape(2, 6, 8, 8, 1), labels[:12].reshape(2, 6)))),
         "step_no_data_axis": error_of(lambda: jc.make_train_step(net, opt, mesh=no_data)),
         "fit_no_data_axis": error_of(lambda: jc.fit(net, opt, (images, labels), epochs=1, batch_size=16,
                                                     progress=False, log=None, mesh=no_data)),
-        "shard_no_data_axis": error_of(lambda: parallel.shard_batch((images, labels), no_data)),
-        "too_many_devices": error_of(lambda: parallel.data_mesh(8)),
+        "shard_no_data_axis": error_of(lambda: distributed.shard_batch((images, labels), no_data)),
+        "too_many_devices": error_of(lambda: distributed.data_mesh(8)),
     }
     with open(out_path, "w") as f:
         json.dump(report, f, indent=1)
 
 
 def distributed(out_dir):
-    from jaxconv import parallel
+    from jaxconv import distributed
 
     # Reads JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID; before any device use.
-    assert parallel.initialize(initialization_timeout=60)
+    assert distributed.initialize(initialization_timeout=60)
     import jax
 
     pid = jax.process_index()
-    mesh = parallel.data_mesh()
+    mesh = distributed.data_mesh()
     ts_global = train_steps(mesh, feed="global")
     ts_local = train_steps(mesh, feed="local")
     ts_fit, history = run_fit(mesh)
@@ -243,11 +243,11 @@ def distributed(out_dir):
     with open(os.path.join(out_dir, f"info_{pid}.json"), "w") as f:
         json.dump({"process_count": jax.process_count(), "device_count": jax.device_count(),
                    "local_device_count": jax.local_device_count(), "mesh": str(mesh.shape),
-                   "rows": str(parallel.process_rows(GLOBAL_BATCH, mesh)), "history": history}, f)
+                   "rows": str(distributed.process_rows(GLOBAL_BATCH, mesh)), "history": history}, f)
     checkpoint = os.path.join(out_dir, "checkpoint_by_process_0.npz")
-    if parallel.is_primary():  # checkpoints are written once, by process 0
+    if distributed.is_primary():  # checkpoints are written once, by process 0
         np.savez(os.path.join(out_dir, f"checkpoint_by_process_{pid}.npz"), **flat(ts_fit))
-    parallel.barrier(mesh)  # after it, every process can read what process 0 wrote
+    distributed.barrier(mesh)  # after it, every process can read what process 0 wrote
     with np.load(checkpoint) as f:
         loaded = dict(f)
     mine = flat(ts_fit)

@@ -1,9 +1,9 @@
-"""Data-parallel and multi-process training (jaxconv.parallel, issue 8).
+"""Data-parallel and multi-process training (jaxconv.distributed, issue 8).
 
 Multi-device checks run in subprocesses: the device count is fixed when JAX
 starts (4 simulated CPU devices through ``XLA_FLAGS``), and a multi-process
 run needs separate processes joined by ``jax.distributed.initialize`` on
-loopback, with gloo CPU collectives. The worker is tests/parallel_worker.py.
+loopback, with gloo CPU collectives. The worker is tests/distributed_worker.py.
 """
 
 from __future__ import annotations
@@ -20,18 +20,18 @@ import pytest
 from jax.sharding import Mesh
 
 import jaxconv as jc
-from jaxconv import parallel
+from jaxconv import distributed
 
-from tests import parallel_worker as worker
+from tests import distributed_worker as worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER = os.path.join(ROOT, "tests", "parallel_worker.py")
+WORKER = os.path.join(ROOT, "tests", "distributed_worker.py")
 TOL = 1e-5
 
 
 def _env(**extra):
     env = dict(os.environ)
-    for name in ("XLA_FLAGS", parallel.ENV_COORDINATOR, parallel.ENV_NUM_PROCESSES, parallel.ENV_PROCESS_ID):
+    for name in ("XLA_FLAGS", distributed.ENV_COORDINATOR, distributed.ENV_NUM_PROCESSES, distributed.ENV_PROCESS_ID):
         env.pop(name, None)
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""), **extra)
     return env
@@ -132,39 +132,39 @@ def test_missing_data_axis_in_process():
 
 def test_bad_device_counts_and_batches():
     with pytest.raises(ValueError, match="data_mesh: the device count must be >= 1, got 0"):
-        parallel.data_mesh(0)
+        distributed.data_mesh(0)
     with pytest.raises(ValueError, match=r"data_mesh: asked for \d+ devices but only"):
-        parallel.data_mesh(jax.device_count() + 1)
+        distributed.data_mesh(jax.device_count() + 1)
     with pytest.raises(ValueError, match="duplicates"):
-        parallel.data_mesh([jax.devices()[0]] * 2)
+        distributed.data_mesh([jax.devices()[0]] * 2)
     with pytest.raises(ValueError, match=r"same batch size on axis 0, got sizes \[3, 4\]"):
-        parallel.shard_batch((np.zeros((4, 2)), np.zeros(3)), parallel.data_mesh(1))
+        distributed.shard_batch((np.zeros((4, 2)), np.zeros(3)), distributed.data_mesh(1))
 
 
 def test_initialize_arguments(monkeypatch):
-    for name in (parallel.ENV_COORDINATOR, parallel.ENV_NUM_PROCESSES, parallel.ENV_PROCESS_ID):
+    for name in (distributed.ENV_COORDINATOR, distributed.ENV_NUM_PROCESSES, distributed.ENV_PROCESS_ID):
         monkeypatch.delenv(name, raising=False)
-    assert parallel.initialize() is False  # nothing asked for: a single-process run
+    assert distributed.initialize() is False  # nothing asked for: a single-process run
     with pytest.raises(ValueError, match=r"got \['coordinator_address'\] but not \['num_processes', 'process_id'\]"):
-        parallel.initialize("127.0.0.1:1234")
-    monkeypatch.setenv(parallel.ENV_NUM_PROCESSES, "2")
+        distributed.initialize("127.0.0.1:1234")
+    monkeypatch.setenv(distributed.ENV_NUM_PROCESSES, "2")
     with pytest.raises(ValueError, match=r"but not \['process_id'\]"):
-        parallel.initialize("127.0.0.1:1234")
-    monkeypatch.setenv(parallel.ENV_PROCESS_ID, "2")
+        distributed.initialize("127.0.0.1:1234")
+    monkeypatch.setenv(distributed.ENV_PROCESS_ID, "2")
     with pytest.raises(ValueError, match=r"process_id must be an int in \[0, 2\), got 2"):
-        parallel.initialize("127.0.0.1:1234")
-    monkeypatch.setenv(parallel.ENV_PROCESS_ID, "one")
+        distributed.initialize("127.0.0.1:1234")
+    monkeypatch.setenv(distributed.ENV_PROCESS_ID, "one")
     with pytest.raises(ValueError, match="JAX_PROCESS_ID must be an integer, got 'one'"):
-        parallel.initialize("127.0.0.1:1234")
-    monkeypatch.setenv(parallel.ENV_PROCESS_ID, "0")
+        distributed.initialize("127.0.0.1:1234")
+    monkeypatch.setenv(distributed.ENV_PROCESS_ID, "0")
     with pytest.raises(ValueError, match="coordinator_address must be 'host:port', got 'localhost'"):
-        parallel.initialize("localhost")
+        distributed.initialize("localhost")
 
 
 def test_cli_device_and_host_errors(monkeypatch, capsys, tmp_path):
     from jaxconv.cli import main
 
-    for name in (parallel.ENV_COORDINATOR, parallel.ENV_NUM_PROCESSES, parallel.ENV_PROCESS_ID):
+    for name in (distributed.ENV_COORDINATOR, distributed.ENV_NUM_PROCESSES, distributed.ENV_PROCESS_ID):
         monkeypatch.delenv(name, raising=False)
     too_many = jax.device_count() + 1
     assert main(["train", "--devices", str(too_many), "--out", str(tmp_path)]) == 2
@@ -182,9 +182,9 @@ def test_callable_module_is_the_combinator():
     assert layer.kind == "parallel"
     out, _, _ = layer.init(jax.random.PRNGKey(0), ((-1, 4), (-1, 5)))
     assert out == ((-1, 2), (-1, 3))
-    assert jc.parallel.data_mesh is parallel.data_mesh
-    assert parallel.is_primary() and parallel.process_rows(8, parallel.data_mesh(1)) == slice(0, 8)
-    assert parallel.barrier(parallel.data_mesh(1)) is None  # one process: nothing to wait for
+    assert jc.distributed.data_mesh is distributed.data_mesh
+    assert distributed.is_primary() and distributed.process_rows(8, distributed.data_mesh(1)) == slice(0, 8)
+    assert distributed.barrier(distributed.data_mesh(1)) is None  # one process: nothing to wait for
 
 
 # --------------------------------------------------------------------------
@@ -256,7 +256,7 @@ def test_two_processes_equal_single_process(two_process_run):
 
 @pytest.mark.slow
 def test_checkpoint_written_by_process_zero_only(two_process_run):
-    # Each worker also reloads process 0's file after parallel.barrier and checks it
+    # Each worker also reloads process 0's file after distributed.barrier and checks it
     # equals its own state (the run would have failed otherwise).
     written = sorted(f for f in os.listdir(two_process_run) if f.startswith("checkpoint"))
     assert written == ["checkpoint_by_process_0.npz"]

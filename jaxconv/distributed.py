@@ -15,10 +15,10 @@ device is therefore the *same* computation on ``D`` devices:
 
 Typical use on one machine (all its GPUs)::
 
-    mesh = jc.parallel.data_mesh()              # every device, axis "data"
-    ts = jc.parallel.replicate(ts, mesh)        # params/state/opt_state on every device
+    mesh = jc.distributed.data_mesh()              # every device, axis "data"
+    ts = jc.distributed.replicate(ts, mesh)        # params/state/opt_state on every device
     step = jc.make_train_step(model, opt, mesh=mesh)
-    ts, metrics = step(ts, jc.parallel.shard_batch((x, y), mesh))
+    ts, metrics = step(ts, jc.distributed.shard_batch((x, y), mesh))
 
 On several hosts, call :func:`initialize` first (before anything touches a
 device), build the mesh over all global devices, and let each process feed
@@ -27,17 +27,11 @@ its own rows of the global batch (:func:`host_local_batch`, or
 Checkpoints are written by process 0 only (:func:`is_primary`); a fetched,
 replicated tree (:func:`fetch`) is plain NumPy and can be placed on a mesh of
 any size again.
-
-``jaxconv.parallel`` is also the name of the ``parallel`` layer combinator
-(``jc.parallel(layer_a, layer_b)``, DESIGN.md): calling this module calls that
-combinator, so both meanings of the one public name work.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,8 +39,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxconv.core import Layer, NamedLayer, PyTree
-from jaxconv.core import parallel as _parallel_combinator
+from jaxconv.core import PyTree
 
 DATA_AXIS = "data"
 
@@ -445,17 +438,3 @@ def _check_settings(coordinator_address: Any, num_processes: Any, process_id: An
             or not 0 <= process_id < num_processes):
         raise ValueError(
             f"initialize: process_id must be an int in [0, {num_processes}), got {process_id!r}")
-
-
-# --------------------------------------------------------------------------
-# ``jaxconv.parallel`` is both this module and the ``parallel`` combinator.
-
-
-class _ParallelModule(types.ModuleType):
-    """This module's type: calling it is ``jaxconv.core.parallel``, the layer combinator."""
-
-    def __call__(self, *layers: NamedLayer) -> Layer:
-        return _parallel_combinator(*layers)
-
-
-sys.modules[__name__].__class__ = _ParallelModule

@@ -1,4 +1,4 @@
-"""The seed text's ConvNet, step by step, on a real photograph.
+"""The introductory ConvNet, step by step, on a real photograph.
 
 A 32x32x3 image goes through a Conv layer with 12 filters (3x3, SAME padding)
 -> 32x32x12, ReLU -> 32x32x12, 2x2 max pooling with stride 2 -> 16x16x12, and a
@@ -6,7 +6,7 @@ fully connected layer -> class scores. The 12 filters are set by hand: four
 edge detectors (Sobel x, Sobel y, Laplacian, diagonal) on each colour channel.
 The feature maps are saved as a PNG.
 
-    python examples/seed_walkthrough.py [--out runs/seed_walkthrough.png]
+    python examples/intro_walkthrough.py [--out runs/intro_walkthrough.png]
 """
 
 import argparse
@@ -20,7 +20,7 @@ import numpy as np
 from sklearn.datasets import load_sample_images
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # uninstalled
-from jaxconv.models import seed_cnn  # noqa: E402
+from jaxconv.models import intro_cnn  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -55,12 +55,12 @@ def edge_kernel():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/seed_walkthrough.png")
+    parser.add_argument("--out", default="runs/intro_walkthrough.png")
     args = parser.parse_args()
 
     image = load_photo()
     x = image[None]  # a batch of one: (1, 32, 32, 3)
-    model = seed_cnn(num_classes=10, impl="lax")
+    model = intro_cnn(num_classes=10, impl="lax")
     out_shape, params, state = model.init(jax.random.PRNGKey(0), (-1, 32, 32, 3))
     params["conv0"] = {"kernel": edge_kernel(), "bias": jnp.zeros(12)}
 

@@ -1,10 +1,10 @@
-"""The seed text's feed-forward network, trained by backpropagation for one step.
+"""The introductory feed-forward network, trained by backpropagation for one step.
 
 Three inputs, two hidden layers of sigmoid units, and an output layer; the
 "total error" is the square loss, gradients come from ``jax.grad`` and one
 gradient-descent step lowers the error.
 
-    python examples/seed_mlp.py
+    python examples/intro_mlp.py
 """
 
 import jax
@@ -14,7 +14,7 @@ import optax
 import jaxconv as jc
 
 key_init, key_data = jax.random.split(jax.random.PRNGKey(0))
-model = jc.models.seed_mlp(hidden=(4, 4), num_outputs=2)
+model = jc.models.intro_mlp(hidden=(4, 4), num_outputs=2)
 out_shape, params, state = model.init(key_init, (-1, 3))
 print("layers:", list(params), "-> output shape", out_shape)
 

@@ -7,7 +7,7 @@ import pytest
 
 import jaxconv as jc
 from jaxconv.cli import main
-from jaxconv.summary import jaxpr_macs, walk
+from jaxconv.structure import jaxpr_macs, walk
 
 
 def test_walk_paths_and_shapes_through_combinators():
@@ -83,9 +83,9 @@ def test_cli_summary(capsys):
     assert main(["summary", "lenet5", "--impl", "lax"]) == 0
     out = capsys.readouterr().out
     assert "Total params: 61,706" in out and "avg_pool1" in out and "(-1, 5, 5, 16)" in out
-    assert main(["summary", "seed_cnn", "--impl", "lax", "--input-shape", "64,64,3",
+    assert main(["summary", "intro_cnn", "--impl", "lax", "--input-shape", "64,64,3",
                  "--num-classes", "4"]) == 0
     out = capsys.readouterr().out
     assert "(-1, 32, 32, 12)" in out and "(-1, 4)" in out
-    assert main(["summary", "seed_cnn", "--input-shape", "64,x"]) == 2
+    assert main(["summary", "intro_cnn", "--input-shape", "64,x"]) == 2
     assert "--input-shape must be comma-separated ints" in capsys.readouterr().err
