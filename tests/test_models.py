@@ -158,4 +158,4 @@ def test_intro_walkthrough_example(tmp_path, monkeypatch, capsys):
 def test_renamed_models_still_build_from_saved_runs():
     with pytest.warns(DeprecationWarning, match="'seed_cnn' is now called 'intro_cnn'"):
         model = get_model("seed_cnn", impl="lax")
-    assert model.init(None, (-1, 32, 32, 3))[0] == (-1, 10)
+    assert model.init(jax.random.PRNGKey(0), (-1, 32, 32, 3))[0] == (-1, 10)
