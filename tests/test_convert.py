@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.torch_ref import import_torch
 import jaxconv as jc
 from jaxconv import convert
 from jaxconv.models import mnist_cnn
@@ -100,7 +101,7 @@ def test_load_state_dict_numpy_only_and_mismatches():
 
 
 def test_torch_mnist_cnn_outputs_match():
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     nn = torch.nn
     torch.manual_seed(0)
 
@@ -130,7 +131,7 @@ def test_torch_mnist_cnn_outputs_match():
 
 
 def test_torch_conv_bn_net_with_running_stats():
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     nn = torch.nn
     torch.manual_seed(1)
     net = nn.Sequential(nn.Conv1d(3, 6, 3, padding=1, bias=False), nn.BatchNorm1d(6), nn.ReLU(),
@@ -150,7 +151,7 @@ def test_torch_conv_bn_net_with_running_stats():
 
 
 def test_torch_conv3d_and_conv_transpose_layouts():
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     x = rand(2, 2, 5, 4, 3, seed=6)
     w = rand(3, 2, 3, 2, 2, seed=7)
     expected = torch.nn.functional.conv3d(torch.from_numpy(x), torch.from_numpy(w)).numpy()

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.torch_ref import import_torch
 import jaxconv as jc
 from tests.contract import check_layer_contract, random_input
 
@@ -67,7 +68,7 @@ def test_initializers_use_bias_and_param_dtype():
 
 
 def test_port_pytorch_layers_by_axis_permutation():
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     torch.manual_seed(0)
     conv_t = torch.nn.Conv2d(3, 6, 5, stride=2, padding=2, groups=3, padding_mode="replicate",
                              dtype=torch.float64)

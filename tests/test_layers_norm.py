@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.torch_ref import import_torch
 import jaxconv as jc
 from tests.contract import check_layer_contract
 
@@ -60,7 +61,7 @@ def test_batch_norm_train_and_eval_over_several_steps():
 
 
 def test_batch_norm_matches_torch_over_steps():
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     bn = torch.nn.BatchNorm2d(4)  # momentum 0.1, eps 1e-5: jaxconv's defaults
     layer = jc.BatchNorm()
     _, params, state = layer.init(jax.random.PRNGKey(0), (-1, 5, 5, 4))
@@ -174,7 +175,7 @@ def test_group_norm_matches_reference(groups):
 
 def test_group_norm_contract_torch_and_errors():
     check_layer_contract(jc.GroupNorm(2), (-1, 5, 4))
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     x = rand((2, 6, 4, 5), seed=7)
     gn = torch.nn.GroupNorm(3, 6)
     yt = gn(torch.from_numpy(x)).detach().numpy().transpose(0, 2, 3, 1)

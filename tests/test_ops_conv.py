@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from jax import lax
 from jax.test_util import check_grads
 
+from tests.torch_ref import import_torch
 from jaxconv.ops import autotune
 from jaxconv.ops.conv import (conv, conv_output_shape, conv_transpose, conv_transpose_output_shape,
                               padding_pairs)
@@ -261,7 +262,7 @@ def test_padding_mode_matches_explicit_numpy_pad(mode):
 
 
 def test_pytorch_conv_and_conv_transpose_semantics():
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 9, 8, 4))
     xt = torch.tensor(x).permute(0, 3, 1, 2)

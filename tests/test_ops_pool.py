@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 
+from tests.torch_ref import import_torch
 from jaxconv import ops
 from jaxconv.ops.conv import padding_pairs
 
@@ -182,7 +183,7 @@ def test_dtypes():
 
 
 def test_torch_agrees():
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     F = torch.nn.functional
     x = rand((2, 3, 7, 9), seed=5)  # NCHW
     xt, xj = torch.from_numpy(x), x.transpose(0, 2, 3, 1)
