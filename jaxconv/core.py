@@ -55,41 +55,41 @@ NamedLayer = Union[Layer, tuple[str, Layer]]
 # Shape helpers shared by all layers.
 
 
-def normalize_shape(input_shape: Any, layer: str) -> Shape:
+def normalize_shape(input_shape: Any, context: str) -> Shape:
     """Returns ``input_shape`` as a tuple of ints, or raises a clear error."""
     if isinstance(input_shape, int) or not isinstance(input_shape, Sequence):
         raise TypeError(
-            f"{layer}: input_shape must be a tuple of ints including the batch "
+            f"{context}: input_shape must be a tuple of ints including the batch "
             f"dimension (e.g. (-1, 28, 28, 1)), got {input_shape!r}"
         )
     shape = tuple(input_shape)
     for d in shape:
         if not isinstance(d, int) or isinstance(d, bool):
-            raise TypeError(f"{layer}: input_shape entries must be ints, got {shape!r}")
+            raise TypeError(f"{context}: input_shape entries must be ints, got {shape!r}")
     for d in shape[1:]:
         if d <= 0:
             raise ValueError(
-                f"{layer}: non-batch dimensions of input_shape must be positive, got {shape!r}"
+                f"{context}: non-batch dimensions of input_shape must be positive, got {shape!r}"
             )
     if shape and (shape[0] < -1 or shape[0] == 0):
-        raise ValueError(f"{layer}: batch dimension must be positive or -1, got {shape!r}")
+        raise ValueError(f"{context}: batch dimension must be positive or -1, got {shape!r}")
     return shape
 
 
-def check_rank(shape: Shape, layer: str, *, min_rank: int, max_rank: int | None = None,
-               what: str = "") -> None:
+def check_rank(shape: Shape, context: str, *, min_rank: int, max_rank: int | None = None,
+               layout: str = "") -> None:
     """Raises ``ValueError`` unless ``min_rank <= len(shape) <= max_rank``."""
     ok = len(shape) >= min_rank and (max_rank is None or len(shape) <= max_rank)
     if not ok:
         want = f"rank {min_rank}" if max_rank == min_rank else (
             f"rank >= {min_rank}" if max_rank is None else f"rank {min_rank}..{max_rank}")
-        hint = f" {what}" if what else ""
+        hint = f" {layout}" if layout else ""
         raise ValueError(
-            f"{layer}: expected input of {want}{hint}, got shape {tuple(shape)} (rank {len(shape)})"
+            f"{context}: expected input of {want}{hint}, got shape {tuple(shape)} (rank {len(shape)})"
         )
 
 
-def check_input(x: Any, expected: Shape, layer: str) -> None:
+def check_input(x: Any, expected: Shape, context: str) -> None:
     """Checks an array against a shape whose ``-1`` entries match anything.
 
     Used by ``apply`` functions so that a user sees a message naming the layer,
@@ -99,13 +99,13 @@ def check_input(x: Any, expected: Shape, layer: str) -> None:
     if len(shape) != len(expected) or any(
         e != -1 and e != s for e, s in zip(expected, shape)
     ):
-        raise ValueError(f"{layer}: expected input of shape {tuple(expected)}, got {shape}")
+        raise ValueError(f"{context}: expected input of shape {tuple(expected)}, got {shape}")
 
 
-def positive_int(value: Any, name: str, layer: str) -> int:
+def positive_int(value: Any, name: str, context: str) -> int:
     """Validates a strictly positive int argument of a layer factory."""
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{layer}: {name} must be a positive int, got {value!r}")
+        raise ValueError(f"{context}: {name} must be a positive int, got {value!r}")
     return value
 
 

@@ -114,7 +114,7 @@ def _first_devices(n: int) -> list[Any]:
     return devs
 
 
-def check_mesh(mesh: Any, *, where: str = "mesh", axis_name: str = DATA_AXIS) -> Mesh:
+def check_mesh(mesh: Any, *, context: str = "mesh", axis_name: str = DATA_AXIS) -> Mesh:
     """Returns ``mesh`` if it is a ``jax.sharding.Mesh`` with a ``axis_name`` axis, else raises.
 
     Raises:
@@ -122,11 +122,11 @@ def check_mesh(mesh: Any, *, where: str = "mesh", axis_name: str = DATA_AXIS) ->
       ValueError: ``mesh`` has no ``axis_name`` axis.
     """
     if not isinstance(mesh, Mesh):
-        raise TypeError(f"{where}: expected a jax.sharding.Mesh, got {type(mesh).__name__}")
+        raise TypeError(f"{context}: expected a jax.sharding.Mesh, got {type(mesh).__name__}")
     if axis_name not in mesh.axis_names:
         raise ValueError(
-            f"{where}: the mesh needs a {axis_name!r} axis to shard the batch on, but its axes are "
-            f"{tuple(mesh.axis_names)}; build one with jaxconv.parallel.data_mesh() or name an axis "
+            f"{context}: the mesh needs a {axis_name!r} axis to shard the batch on, but its axes are "
+            f"{tuple(mesh.axis_names)}; build one with jaxconv.distributed.data_mesh() or name an axis "
             f"{axis_name!r}")
     return mesh
 
@@ -143,7 +143,7 @@ def batch_sharding(mesh: Mesh, *, steps_per_call: int = 1, axis_name: str = DATA
     ``(K, batch, ...)`` layout of ``make_train_step(steps_per_call=K)``). Other
     mesh axes, if any, hold replicas.
     """
-    check_mesh(mesh, where="batch_sharding", axis_name=axis_name)
+    check_mesh(mesh, context="batch_sharding", axis_name=axis_name)
     spec = PartitionSpec(axis_name) if steps_per_call == 1 else PartitionSpec(None, axis_name)
     return NamedSharding(mesh, spec)
 
@@ -153,7 +153,7 @@ def replicated_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def check_batch_size(batch_size: int, mesh: Mesh, *, where: str = "batch",
+def check_batch_size(batch_size: int, mesh: Mesh, *, context: str = "batch",
                      axis_name: str = DATA_AXIS) -> None:
     """Raises a ``ValueError`` unless ``batch_size`` splits evenly over the ``"data"`` axis."""
     shards = data_size(mesh, axis_name)
@@ -161,7 +161,7 @@ def check_batch_size(batch_size: int, mesh: Mesh, *, where: str = "batch",
         below, above = batch_size // shards * shards, (batch_size // shards + 1) * shards
         nearest = f"{below} or {above}" if below else f"{above}"
         raise ValueError(
-            f"{where}: the global batch size {batch_size} is not divisible by the {shards} devices "
+            f"{context}: the global batch size {batch_size} is not divisible by the {shards} devices "
             f"of the mesh's {axis_name!r} axis; use a multiple of {shards} (e.g. {nearest})")
 
 
@@ -176,7 +176,7 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     (they do when created from the same seed, or loaded from the same
     checkpoint). Leaves already replicated on ``mesh`` are kept as they are.
     """
-    sharding = replicated_sharding(check_mesh(mesh, where="replicate"))
+    sharding = replicated_sharding(check_mesh(mesh, context="replicate"))
     if jax.process_count() == 1:
         return jax.device_put(tree, sharding)
     return jax.tree_util.tree_map(lambda x: _replicate_global(x, sharding), tree)
@@ -196,10 +196,10 @@ def _batch_axis(steps_per_call: int) -> int:
     return 0 if steps_per_call == 1 else 1
 
 
-def _leading_size(batch: PyTree, axis: int, where: str) -> int:
+def _leading_size(batch: PyTree, axis: int, context: str) -> int:
     sizes = {int(np.shape(x)[axis]) for x in jax.tree_util.tree_leaves(batch)}
     if len(sizes) != 1:
-        raise ValueError(f"{where}: every array of a batch needs the same batch size on axis {axis}, "
+        raise ValueError(f"{context}: every array of a batch needs the same batch size on axis {axis}, "
                          f"got sizes {sorted(sizes)}")
     return sizes.pop()
 
@@ -214,7 +214,7 @@ def process_rows(global_batch_size: int, mesh: Mesh, *, axis_name: str = DATA_AX
       ValueError: the batch is not divisible by the device count, or this
         process's devices hold non-contiguous rows (a hand-made mesh).
     """
-    check_batch_size(global_batch_size, mesh, where="process_rows", axis_name=axis_name)
+    check_batch_size(global_batch_size, mesh, context="process_rows", axis_name=axis_name)
     sharding = NamedSharding(mesh, PartitionSpec(axis_name))
     index_map = sharding.addressable_devices_indices_map((global_batch_size,))
     spans = sorted({(idx[0].start or 0, global_batch_size if idx[0].stop is None else idx[0].stop)
@@ -249,7 +249,7 @@ def shard_batch(batch: PyTree, mesh: Mesh, *, steps_per_call: int = 1,
     sharding = batch_sharding(mesh, steps_per_call=steps_per_call, axis_name=axis_name)
     axis = _batch_axis(steps_per_call)
     size = _leading_size(batch, axis, "shard_batch")
-    check_batch_size(size, mesh, where="shard_batch", axis_name=axis_name)
+    check_batch_size(size, mesh, context="shard_batch", axis_name=axis_name)
     if jax.process_count() == 1:
         return jax.device_put(batch, sharding)
     rows = process_rows(size, mesh, axis_name=axis_name)
@@ -286,7 +286,7 @@ def host_local_batch(local_batch: PyTree, mesh: Mesh, *, steps_per_call: int = 1
             f"host_local_batch: process {me} holds {len(mine)} of the {shards} batch shards, "
             f"and its {local} local rows do not split evenly over them")
     global_size = local // len(mine) * shards
-    check_batch_size(global_size, mesh, where="host_local_batch", axis_name=axis_name)
+    check_batch_size(global_size, mesh, context="host_local_batch", axis_name=axis_name)
 
     def place(x):
         x = np.asarray(x)
@@ -330,7 +330,7 @@ def barrier(mesh: Mesh) -> None:
     checkpoint that the others may read next (e.g. ``resume``). A no-op with
     one process.
     """
-    check_mesh(mesh, where="barrier")
+    check_mesh(mesh, context="barrier")
     if jax.process_count() == 1:
         return
     if mesh not in _BARRIERS:
@@ -423,7 +423,7 @@ def initialize(
             local_device_ids=local_device_ids, initialization_timeout=initialization_timeout)
     except RuntimeError as err:
         raise RuntimeError(
-            f"initialize: jax.distributed.initialize failed ({err}); call jaxconv.parallel.initialize "
+            f"initialize: jax.distributed.initialize failed ({err}); call jaxconv.distributed.initialize "
             "first thing in the process, before any JAX computation or jax.devices()") from err
     return True
 

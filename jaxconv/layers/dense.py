@@ -46,7 +46,7 @@ def Dense(
 
     def init(key, input_shape):
         shape = normalize_shape(input_shape, "Dense")
-        check_rank(shape, "Dense", min_rank=2, what="(batch, ..., features)")
+        check_rank(shape, "Dense", min_rank=2, layout="(batch, ..., features)")
         params = kernel_and_bias(key, (shape[-1], features), features, use_bias, kernel_init,
                                  bias_init, param_dtype)
         return shape[:-1] + (features,), params, {}

@@ -129,7 +129,7 @@ def BatchNorm(
 
     def init(key, input_shape):
         shape = normalize_shape(input_shape, "BatchNorm")
-        check_rank(shape, "BatchNorm", min_rank=2, what="(N, ..., C)")
+        check_rank(shape, "BatchNorm", min_rank=2, layout="(N, ..., C)")
         c = shape[-1]
         params = _affine_params(key, (c,), use_scale, use_bias, scale_init, bias_init, param_dtype)
         state = {"mean": jnp.zeros((c,), jnp.float32), "var": jnp.ones((c,), jnp.float32)}
@@ -227,7 +227,7 @@ def LayerNorm(
 
     def init(key, input_shape):
         shape = normalize_shape(input_shape, "LayerNorm")
-        check_rank(shape, "LayerNorm", min_rank=2, what="(N, ...)")
+        check_rank(shape, "LayerNorm", min_rank=2, layout="(N, ...)")
         axes = _norm_axes(reduction_axes, len(shape), "LayerNorm")
         pshape = tuple(shape[a] for a in axes)
         params = _affine_params(key, pshape, use_scale, use_bias, scale_init, bias_init,
@@ -287,7 +287,7 @@ def GroupNorm(
 
     def init(key, input_shape):
         shape = normalize_shape(input_shape, "GroupNorm")
-        check_rank(shape, "GroupNorm", min_rank=2, what="(N, ..., C)")
+        check_rank(shape, "GroupNorm", min_rank=2, layout="(N, ..., C)")
         check_channels(shape[-1])
         params = _affine_params(key, (shape[-1],), use_scale, use_bias, scale_init, bias_init,
                                 param_dtype)
