@@ -63,8 +63,7 @@ from jaxconv.train import create_train_state as create_train_state
 from jaxconv.train import evaluate as evaluate
 from jaxconv.train import fit as fit
 from jaxconv.train import make_train_step as make_train_step
-
-__version__ = "0.1.0"
+from jaxconv.version import __version__ as __version__
 
 __all__ = (
     # modules
