@@ -82,7 +82,7 @@ def setup_devices(args: argparse.Namespace):
     if args.devices == 1 and jax.process_count() == 1:
         return None
     mesh = distributed.data_mesh(args.devices)
-    distributed.check_batch_size(args.batch_size, mesh, where="--batch-size")
+    distributed.check_batch_size(args.batch_size, mesh, context="--batch-size")
     return mesh
 
 

@@ -244,7 +244,7 @@ def make_train_step(
 
     if mesh is None:
         return jax.jit(step, donate_argnums=0)
-    check_mesh(mesh, where="make_train_step")
+    check_mesh(mesh, context="make_train_step")
     replicated = replicated_sharding(mesh)
     jitted = jax.jit(step, donate_argnums=0,
                      in_shardings=(replicated, batch_sharding(mesh, steps_per_call=steps_per_call)),
@@ -255,7 +255,7 @@ def make_train_step(
     def sharded_step(ts, batch):
         # A clear error before XLA's own one about the sharding.
         for x in jax.tree_util.tree_leaves(batch):
-            check_batch_size(np.shape(x)[batch_axis], mesh, where="make_train_step")
+            check_batch_size(np.shape(x)[batch_axis], mesh, context="make_train_step")
         return jitted(ts, batch)
 
     sharded_step.jitted = jitted  # the underlying jax.jit function (.lower, .trace, ...)
@@ -314,7 +314,7 @@ def make_eval_step(model: Layer, loss_fn: LossFn = cross_entropy, *, mesh: Mesh 
 
     if mesh is None:
         return jax.jit(eval_step)
-    replicated = replicated_sharding(check_mesh(mesh, where="make_eval_step"))
+    replicated = replicated_sharding(check_mesh(mesh, context="make_eval_step"))
     sharded = batch_sharding(mesh)
     return jax.jit(eval_step, in_shardings=(replicated, replicated, sharded, sharded, sharded),
                    out_shardings=replicated)
@@ -467,8 +467,8 @@ def fit(
     from tqdm.auto import tqdm
 
     if mesh is not None:
-        check_mesh(mesh, where="fit")
-        check_batch_size(batch_size, mesh, where="fit")
+        check_mesh(mesh, context="fit")
+        check_batch_size(batch_size, mesh, context="fit")
     if not is_primary():
         progress, log = False, None
     from jaxconv import checkpoint as ckpt
