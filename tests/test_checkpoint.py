@@ -161,7 +161,7 @@ def test_load_detects_flipped_data_bytes_by_checksum(saved):
     data[-3] ^= 0x40  # inside the tensor data: the header still parses
     pathlib.Path(path).write_bytes(bytes(data))
     assert ckpt.is_complete(path)
-    with pytest.raises(ckpt.CorruptCheckpointError, match="corrupt: its data fail the SHA-256 checksum"):
+    with pytest.raises(ckpt.CorruptCheckpointError, match="is corrupt: it fails its SHA-256 checksum"):
         ckpt.load(path, tree)
 
 
