@@ -19,15 +19,19 @@ names the files to put where, a truncated or malformed file raises a
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import stat
 import zlib
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxconv.validate import integer
 
 
 class Split(NamedTuple):
@@ -71,6 +75,79 @@ IDX_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
 _IDX_UBYTE = 0x08
+_GZIP_MAX_RATIO = 1032  # deflate expands one compressed byte into at most about 1032 bytes
+_READ_CHUNK = 1 << 20  # bytes decompressed or read per step
+
+
+def _not_regular(context: str, path: str) -> ValueError:
+    return ValueError(f"{context}: {path} is not a regular file (a directory, FIFO or device); "
+                      "it is not read")
+
+
+def _open_regular(path: str, context: str) -> BinaryIO:
+    """``path`` opened for binary reading if it is a regular file.
+
+    A FIFO or device is never opened (that could block or never end); the
+    descriptor is opened non-blocking and checked again in case ``path`` was
+    replaced in between.
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      ValueError: ``path`` is not a regular file.
+    """
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise _not_regular(context, path)
+    f = open(path, "rb", opener=lambda p, flags: os.open(p, flags | getattr(os, "O_NONBLOCK", 0)))
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise _not_regular(context, path)
+    return f
+
+
+def _read_into(f: BinaryIO, view: memoryview) -> int:
+    """Reads ``f`` into ``view`` a chunk at a time until it is full or ``f`` ends; the count read."""
+    got = 0
+    while got < len(view):
+        chunk = f.read(min(_READ_CHUNK, len(view) - got))
+        if not chunk:
+            break
+        view[got:got + len(chunk)] = chunk
+        got += len(chunk)
+    return got
+
+
+def _idx_dims(f: BinaryIO, path: str, ndim: int) -> tuple[int, ...]:
+    """Reads and checks the IDX header (magic number, type, rank); returns the sizes it declares."""
+    magic = f.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0:
+        raise ValueError(f"read_idx: {path} is not an IDX file (bad magic number {magic.hex()})")
+    if magic[2] != _IDX_UBYTE:
+        raise ValueError(
+            f"read_idx: {path} has element type 0x{magic[2]:02x}; expected 0x08 (unsigned bytes)")
+    if magic[3] != ndim:
+        raise ValueError(f"read_idx: {path} has {magic[3]} dimensions; expected {ndim}")
+    sizes = f.read(4 * ndim)
+    if len(sizes) < 4 * ndim:
+        raise ValueError(f"read_idx: {path} is truncated inside its header")
+    return tuple(int.from_bytes(sizes[i:i + 4], "big") for i in range(0, 4 * ndim, 4))
+
+
+def _idx_data(f: BinaryIO, path: str, dims: tuple[int, ...], compressed: int) -> np.ndarray:
+    """The data the header declares, decompressed a chunk at a time and never beyond it."""
+    expected = math.prod(dims)
+    if expected > _GZIP_MAX_RATIO * compressed:
+        raise ValueError(
+            f"read_idx: {path} is truncated or corrupt: header {dims} needs {expected} data bytes, "
+            f"more than {compressed} bytes of gzip can hold")
+    data = np.empty(expected, np.uint8)
+    got = _read_into(f, memoryview(data))
+    if got < expected:
+        raise ValueError(
+            f"read_idx: {path} is truncated: header {dims} needs {expected} data bytes, found {got}")
+    if f.read(1):
+        raise ValueError(f"read_idx: {path} is longer than its header says: header {dims} needs "
+                         f"{expected} data bytes, it holds more")
+    return data.reshape(dims)
 
 
 def read_idx(path: str, *, ndim: int) -> np.ndarray:
@@ -78,51 +155,41 @@ def read_idx(path: str, *, ndim: int) -> np.ndarray:
 
     The IDX layout: two zero bytes, a type code (``0x08`` = uint8), the number
     of dimensions ``d``, ``d`` big-endian uint32 sizes, then the data in C order.
+    The header is read first; the data are decompressed a chunk at a time and
+    never beyond the size the header declares (plus one byte, to detect a
+    longer file), and a header that declares more than the file can hold
+    (deflate expands at most about 1032 times) is refused before anything is
+    allocated.
 
     Args:
-      path: the ``.gz`` file.
+      path: the ``.gz`` file (a regular file).
       ndim: the expected number of dimensions (3 for images, 1 for labels).
 
     Returns:
       uint8 array with the sizes from the header.
 
     Raises:
-      ValueError: the file is not valid gzip, is truncated, has a wrong header,
-        or holds more or fewer bytes than its header declares.
+      FileNotFoundError: ``path`` does not exist.
+      ValueError: the file is not a regular file, not valid gzip, is truncated,
+        has a wrong header, or holds more or fewer bytes than its header declares.
     """
+    integer(ndim, "ndim", context="read_idx", minimum=1, maximum=255)
     try:
-        with gzip.open(path, "rb") as f:
-            raw = f.read()
+        with _open_regular(path, "read_idx") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as f:
+            dims = _idx_dims(f, path, ndim)
+            return _idx_data(f, path, dims, os.fstat(raw.fileno()).st_size)
     except (OSError, EOFError, zlib.error) as e:
         if isinstance(e, FileNotFoundError):
             raise
         raise ValueError(f"read_idx: {path} is not a complete gzip file ({e})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"read_idx: {path} is not an IDX file (bad magic number {raw[:4].hex()})")
-    if raw[2] != _IDX_UBYTE:
-        raise ValueError(
-            f"read_idx: {path} has element type 0x{raw[2]:02x}; expected 0x08 (unsigned bytes)")
-    if raw[3] != ndim:
-        raise ValueError(f"read_idx: {path} has {raw[3]} dimensions; expected {ndim}")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"read_idx: {path} is truncated inside its header")
-    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    expected = int(np.prod(dims))
-    got = len(raw) - header
-    if got != expected:
-        what = "truncated" if got < expected else "longer than its header says"
-        raise ValueError(
-            f"read_idx: {path} is {what}: header {dims} needs {expected} data bytes, found {got}")
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
 
 def _find_files(name: str, root: str, files: list[str]) -> str:
     """The first of ``root`` and ``root/name`` that holds all ``files``."""
     for directory in (root, os.path.join(root, name)):
-        if all(os.path.isfile(os.path.join(directory, f)) for f in files):
+        if all(os.path.exists(os.path.join(directory, f)) for f in files):
             return directory
-    missing = [f for f in files if not os.path.isfile(os.path.join(root, f))]
+    missing = [f for f in files if not os.path.exists(os.path.join(root, f))]
     raise FileNotFoundError(
         f"load_dataset({name!r}): missing {', '.join(missing)} in {root!r}; put the files "
         f"{', '.join(files)} in {root!r} (or {os.path.join(root, name)!r}) and pass root=/--data-dir")
@@ -135,21 +202,40 @@ def _check_labels(labels: np.ndarray, num_classes: int, path: str) -> np.ndarray
     return labels.astype(np.int32)
 
 
+def _check_splits(name: str, train: Split, test: Split, files: tuple[str, str]) -> None:
+    """Both splits must hold examples, and images of one shape and dtype.
+
+    ``files``: the train and test files the splits were read from, for the message.
+    """
+    for split, path in zip((train, test), files):
+        if len(split.labels) == 0:
+            raise ValueError(f"load_dataset({name!r}): {path} holds no examples")
+    (x, y), (px, py) = (train.images, test.images), files
+    if x.shape[1:] != y.shape[1:] or x.dtype != y.dtype or train.labels.dtype != test.labels.dtype:
+        raise ValueError(
+            f"load_dataset({name!r}): {py} holds images of shape {y.shape[1:]} ({y.dtype}), but "
+            f"{px} holds {x.shape[1:]} ({x.dtype}): the train and test splits do not match")
+
+
+def _idx_split(name: str, directory: str, part: str) -> Split:
+    """One split: its images and labels files, checked against each other."""
+    img_path = os.path.join(directory, IDX_FILES[f"{part}_images"])
+    lbl_path = os.path.join(directory, IDX_FILES[f"{part}_labels"])
+    images = read_idx(img_path, ndim=3)
+    labels = read_idx(lbl_path, ndim=1)
+    if len(images) != len(labels):
+        raise ValueError(
+            f"load_dataset({name!r}): {img_path} has {len(images)} images but "
+            f"{lbl_path} has {len(labels)} labels")
+    return Split((images.astype(np.float32) / 255.0)[..., None], _check_labels(labels, 10, lbl_path))
+
+
 def _idx_dataset(name: str, root: str) -> Dataset:
     directory = _find_files(name, root, list(IDX_FILES.values()))
-    splits = []
-    for part in ("train", "test"):
-        img_path = os.path.join(directory, IDX_FILES[f"{part}_images"])
-        lbl_path = os.path.join(directory, IDX_FILES[f"{part}_labels"])
-        images = read_idx(img_path, ndim=3)
-        labels = read_idx(lbl_path, ndim=1)
-        if len(images) != len(labels):
-            raise ValueError(
-                f"load_dataset({name!r}): {img_path} has {len(images)} images but "
-                f"{lbl_path} has {len(labels)} labels")
-        images = (images.astype(np.float32) / 255.0)[..., None]
-        splits.append(Split(images, _check_labels(labels, 10, lbl_path)))
-    return Dataset(name, splits[0], splits[1], 10)
+    train, test = (_idx_split(name, directory, part) for part in ("train", "test"))
+    _check_splits(name, train, test, (os.path.join(directory, IDX_FILES["train_images"]),
+                                      os.path.join(directory, IDX_FILES["test_images"])))
+    return Dataset(name, train, test, 10)
 
 
 def _mnist(root: str) -> Dataset:
@@ -167,6 +253,7 @@ CIFAR_DIR = "cifar-10-batches-bin"
 CIFAR_TRAIN = [f"data_batch_{i}.bin" for i in range(1, 6)]
 CIFAR_TEST = ["test_batch.bin"]
 _CIFAR_RECORD = 1 + 32 * 32 * 3
+_CIFAR_MAX_RECORDS = 10_000  # every batch of the binary version holds 10,000 images
 
 
 def read_cifar_batch(path: str) -> Split:
@@ -174,15 +261,23 @@ def read_cifar_batch(path: str) -> Split:
 
     The pixels of a record are stored channel-major (1024 red, 1024 green,
     1024 blue, each 32x32 row-major); the result is ``(N, 32, 32, 3)`` float32.
+    Only a regular file is read, and only after its size is checked.
 
     Raises:
-      ValueError: the size is not a positive multiple of 3073 bytes or a label is >= 10.
+      FileNotFoundError: ``path`` does not exist.
+      ValueError: not a regular file, the size is not a multiple of 3073 bytes
+        between 1 and 10,000 records, or a label is >= 10.
     """
-    raw = np.fromfile(path, np.uint8)
-    if raw.size == 0 or raw.size % _CIFAR_RECORD:
-        raise ValueError(
-            f"read_cifar_batch: {path} has {raw.size} bytes; expected a positive multiple of "
-            f"{_CIFAR_RECORD} (1 label byte + 3072 pixel bytes per image): truncated or not CIFAR-10")
+    with _open_regular(path, "read_cifar_batch") as f:
+        size = os.fstat(f.fileno()).st_size
+        if not 0 < size <= _CIFAR_MAX_RECORDS * _CIFAR_RECORD or size % _CIFAR_RECORD:
+            raise ValueError(
+                f"read_cifar_batch: {path} has {size} bytes; expected a positive multiple of "
+                f"{_CIFAR_RECORD} (1 label byte + 3072 pixel bytes per image, at most "
+                f"{_CIFAR_MAX_RECORDS} images): truncated or not CIFAR-10")
+        raw = np.empty(size, np.uint8)
+        if _read_into(f, memoryview(raw)) != size or f.read(1):
+            raise ValueError(f"read_cifar_batch: {path} changed size while being read")
     records = raw.reshape(-1, _CIFAR_RECORD)
     labels = _check_labels(records[:, 0], 10, path)
     images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
@@ -192,7 +287,7 @@ def read_cifar_batch(path: str) -> Split:
 def _cifar10(root: str) -> Dataset:
     base = root if os.path.basename(os.path.normpath(root)) == CIFAR_DIR else os.path.join(root, CIFAR_DIR)
     files = CIFAR_TRAIN + CIFAR_TEST
-    missing = [f for f in files if not os.path.isfile(os.path.join(base, f))]
+    missing = [f for f in files if not os.path.exists(os.path.join(base, f))]
     if missing:
         raise FileNotFoundError(
             f"load_dataset('cifar10'): missing {', '.join(missing)} in {base!r}; extract the binary "
@@ -201,6 +296,8 @@ def _cifar10(root: str) -> Dataset:
     parts = [read_cifar_batch(os.path.join(base, f)) for f in files]
     train = Split(np.concatenate([p.images for p in parts[:-1]]),
                   np.concatenate([p.labels for p in parts[:-1]]))
+    _check_splits("cifar10", train, parts[-1], (os.path.join(base, CIFAR_TRAIN[0]),
+                                                 os.path.join(base, CIFAR_TEST[0])))
     return Dataset("cifar10", train, parts[-1], 10)
 
 
@@ -316,8 +413,7 @@ def augmentation(crop_padding: int = 0, flip: bool = False) -> Callable[[Any, An
     Returns ``None`` when both are off. The result is pure and jittable; ``fit``
     applies it inside the compiled training step (training mode only).
     """
-    if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
-        raise ValueError(f"augmentation: crop_padding must be an int >= 0, got {crop_padding!r}")
+    integer(crop_padding, "crop_padding", context="augmentation", minimum=0)
     if not crop_padding and not flip:
         return None
 
