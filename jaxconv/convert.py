@@ -22,20 +22,34 @@ explicit mapping) and detecting the Flatten -> Dense case from the model's shape
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxconv.core import Layer
+from jaxconv.structure import init_shapes, walk
 
 
 def _array(value: Any, name: str) -> np.ndarray:
+    """``value`` (a NumPy array, array-like or torch tensor) as a real numeric NumPy array.
+
+    Raises:
+      ValueError: the values are complex (the imaginary parts would be lost) or
+        not numbers (an object array, e.g. holding ``None``; strings).
+    """
     if hasattr(value, "detach"):  # a torch tensor: accept it without importing torch
         value = value.detach().cpu().numpy()
-    return np.asarray(value)
+    array = np.asarray(value)
+    if jnp.issubdtype(array.dtype, jnp.complexfloating):
+        raise ValueError(f"convert: {name}: expected a real array, got dtype {array.dtype}; "
+                         "jaxconv weights are real and the imaginary parts would be lost")
+    if not any(jnp.issubdtype(array.dtype, kind) for kind in (jnp.floating, jnp.integer, jnp.bool_)):
+        raise ValueError(f"convert: {name}: expected an array of numbers, got dtype {array.dtype} "
+                         "(e.g. None or text entries)")
+    return array
 
 
 def _check_shape(value: np.ndarray, expected: Sequence[int], name: str) -> None:
@@ -120,60 +134,72 @@ def _torch_modules(state_dict: Mapping[str, Any]) -> list[tuple[str, dict]]:
     return list(modules.items())
 
 
-def _convert_leaf(path, layer_params, layer_state, prefix, tensors, flatten_from):
+class _Module(NamedTuple):
+    """One PyTorch module's tensors, paired with the jaxconv layer at ``path``."""
+
+    path: str
+    prefix: str
+    tensors: Mapping[str, Any]
+
+
+# jaxconv param/state name -> PyTorch tensor name
+_TORCH_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
+                "var": "running_var"}
+
+
+def _take(module: _Module, key: str, expected: Any, torch_shape: Sequence[int] | None = None,
+          convert: Callable[[np.ndarray], np.ndarray] | None = None) -> jax.Array:
+    """The module's tensor ``key`` in jaxconv layout, with the shape and dtype of ``expected``.
+
+    ``torch_shape``: the shape the tensor must have in PyTorch (default:
+    ``expected.shape``); ``convert``: PyTorch layout -> jaxconv layout.
+    """
+    name = f"{module.prefix}.{key}" if module.prefix else key
+    torch_shape = tuple(expected.shape if torch_shape is None else torch_shape)
+    if key not in module.tensors:
+        raise ValueError(f"convert: jaxconv layer {module.path!r} needs torch tensor {name!r} "
+                         f"(shape {torch_shape}); the module has {sorted(module.tensors)}")
+    raw = _array(module.tensors[key], name)
+    if tuple(raw.shape) != torch_shape:
+        raise ValueError(
+            f"convert: {name}: expected shape {torch_shape} (for jaxconv "
+            f"{module.path}, shape {tuple(expected.shape)}), got {tuple(raw.shape)}")
+    out = raw if convert is None else convert(raw)
+    _check_shape(out, expected.shape, f"{name} -> {module.path}")
+    return jnp.asarray(out, expected.dtype)
+
+
+def _kernel(module: _Module, kernel: Any, flatten_from: Sequence[int] | None) -> jax.Array:
+    """A Conv (rank >= 3) or Dense kernel from the module's ``weight``."""
+    k = kernel.shape
+    if kernel.ndim >= 3:
+        return _take(module, "weight", kernel, (k[-1], k[-2], *k[:-2]),
+                     lambda a: conv_kernel(a, name=module.prefix))
+    return _take(module, "weight", kernel, (k[1], k[0]), lambda a: dense_kernel(
+        a, flatten_from=flatten_from, name=module.prefix))
+
+
+def _convert_leaf(module: _Module, layer_params: dict, layer_state: dict,
+                  flatten_from: Sequence[int] | None) -> tuple[dict, dict]:
     """Converts one PyTorch module's tensors to the structure of one jaxconv layer."""
-    tensors = dict(tensors)
-    used = set()
-
-    def take(key, expected, convert=lambda a: a, torch_shape=None):
-        name = f"{prefix}.{key}" if prefix else key
-        if key not in tensors:
-            raise ValueError(f"convert: jaxconv layer {path!r} needs torch tensor {name!r} "
-                             f"(shape {torch_shape or tuple(expected.shape)}); the module has "
-                             f"{sorted(tensors)}")
-        used.add(key)
-        raw = _array(tensors[key], name)
-        if torch_shape is not None and tuple(raw.shape) != tuple(torch_shape):
-            raise ValueError(
-                f"convert: {name}: expected shape {tuple(torch_shape)} (for jaxconv "
-                f"{path}, shape {tuple(expected.shape)}), got {tuple(raw.shape)}")
-        out = convert(raw)
-        _check_shape(out, expected.shape, f"{name} -> {path}")
-        return jnp.asarray(out, expected.dtype)
-
     params, state = {}, {}
-    kernel = layer_params.get("kernel")
-    if kernel is not None and kernel.ndim >= 3:
-        k = kernel.shape
-        torch_shape = (k[-1], k[-2], *k[:-2])
-        params["kernel"] = take("weight", kernel, lambda a: conv_kernel(a, name=prefix),
-                                torch_shape)
-    elif kernel is not None:
-        if flatten_from is not None:
-            torch_shape = (kernel.shape[1], kernel.shape[0])
-            params["kernel"] = take("weight", kernel, lambda a: dense_kernel(
-                a, flatten_from=flatten_from, name=prefix), torch_shape)
-        else:
-            params["kernel"] = take("weight", kernel, lambda a: dense_kernel(a, name=prefix),
-                                    (kernel.shape[1], kernel.shape[0]))
+    if "kernel" in layer_params:
+        params["kernel"] = _kernel(module, layer_params["kernel"], flatten_from)
     elif "scale" in layer_params:
-        params["scale"] = take("weight", layer_params["scale"], torch_shape=layer_params[
-            "scale"].shape)
+        params["scale"] = _take(module, "weight", layer_params["scale"])
     if "bias" in layer_params:
-        params["bias"] = take("bias", layer_params["bias"], torch_shape=layer_params["bias"].shape)
-    if "mean" in layer_state:
-        state["mean"] = take("running_mean", layer_state["mean"],
-                             torch_shape=layer_state["mean"].shape)
-        state["var"] = take("running_var", layer_state["var"], torch_shape=layer_state["var"].shape)
-    missing_p = set(layer_params) - set(params)
-    missing_s = set(layer_state) - set(state)
-    if missing_p or missing_s:
-        raise ValueError(f"convert: cannot fill {sorted(missing_p | missing_s)} of jaxconv layer "
-                         f"{path!r} from torch module {prefix!r}")
-    extra = set(tensors) - used
+        params["bias"] = _take(module, "bias", layer_params["bias"])
+    for name in ("mean", "var"):
+        if name in layer_state:
+            state[name] = _take(module, _TORCH_NAMES[name], layer_state[name])
+    missing = (set(layer_params) - set(params)) | (set(layer_state) - set(state))
+    if missing:
+        raise ValueError(f"convert: cannot fill {sorted(missing)} of jaxconv layer "
+                         f"{module.path!r} from torch module {module.prefix!r}")
+    extra = set(module.tensors) - {_TORCH_NAMES[k] for k in (*params, *state)}
     if extra:
-        raise ValueError(f"convert: torch module {prefix!r} has tensors {sorted(extra)} that "
-                         f"jaxconv layer {path!r} has no place for (use_bias?)")
+        raise ValueError(f"convert: torch module {module.prefix!r} has tensors {sorted(extra)} that "
+                         f"jaxconv layer {module.path!r} has no place for (use_bias?)")
     return params, state
 
 
@@ -182,6 +208,55 @@ def _set(tree: dict, path: str, value: Any) -> None:
     for k in keys[:-1]:
         tree = tree[k]
     tree[keys[-1]] = value
+
+
+def _weighted_layers(model: Layer, input_shape: tuple) -> list[tuple[str, Any, Any, Any]]:
+    """``[(path, params, state, flatten_from), ...]`` of the leaf layers with params or state.
+
+    ``flatten_from`` is PyTorch's ``(C, *spatial)`` of a feature map flattened
+    straight into this layer (a Dense after Flatten), else ``None``.
+    """
+    leaves, flatten_origin = [], None
+    for info in walk(model, input_shape):
+        _, p, s = init_shapes(info.layer, info.input_shape)
+        if info.layer.kind == "flatten" and len(info.input_shape) > 2:
+            flatten_origin = tuple(info.input_shape[1:])
+            continue
+        if jax.tree_util.tree_leaves((p, s)):
+            origin = None
+            if flatten_origin is not None and "kernel" in p and p["kernel"].ndim == 2:
+                origin = (flatten_origin[-1], *flatten_origin[:-1])
+            leaves.append((info.path, p, s, origin))
+            flatten_origin = None
+        elif tuple(info.output_shape) != tuple(info.input_shape):
+            flatten_origin = None
+    return leaves
+
+
+def _pair(leaves: list, modules: list[tuple[str, dict]],
+          mapping: Mapping[str, str] | None) -> list[tuple[tuple, tuple[str, dict]]]:
+    """Pairs each weighted jaxconv layer with its torch module: in order, or by ``mapping``."""
+    if mapping is None:
+        if len(modules) != len(leaves):
+            raise ValueError(
+                f"convert: the jaxconv model has {len(leaves)} layers with weights "
+                f"{[p for p, *_ in leaves]}, but the state_dict has {len(modules)} modules "
+                f"{[m for m, _ in modules]}; pass mapping={{jaxconv_path: torch_prefix}}")
+        return list(zip(leaves, modules))
+    by_prefix = dict(modules)
+    paths = {leaf[0]: leaf for leaf in leaves}
+    unknown = set(mapping) - set(paths)
+    if unknown:
+        raise ValueError(f"convert: mapping names jaxconv layers {sorted(unknown)} that "
+                         f"have no weights; expected some of {sorted(paths)}")
+    unmapped = set(paths) - set(mapping)
+    if unmapped:
+        raise ValueError(f"convert: jaxconv layers {sorted(unmapped)} are missing from mapping")
+    for path, prefix in mapping.items():
+        if prefix not in by_prefix:
+            raise ValueError(f"convert: torch module {prefix!r} (for {path!r}) is not in "
+                             f"the state_dict; it has {sorted(by_prefix)}")
+    return [(paths[path], (prefix, by_prefix[prefix])) for path, prefix in mapping.items()]
 
 
 def load_torch_state_dict(model: Layer, input_shape: Sequence[int],
@@ -206,57 +281,17 @@ def load_torch_state_dict(model: Layer, input_shape: Sequence[int],
       ``(params, state)`` with the structure, shapes and dtypes of ``model.init``.
 
     Raises:
-      ValueError: on a missing/extra module or tensor, or a shape mismatch
-        (naming the tensor, the expected and the received shape).
+      ValueError: on a missing/extra module or tensor, a shape mismatch (naming
+        the tensor, the expected and the received shape), or a tensor that is
+        complex or not numeric (naming the tensor).
     """
-    from jaxconv.structure import _init_shapes, walk
-
-    _, like_params, like_state = _init_shapes(model, tuple(input_shape))
-    leaves, flatten_origin = [], None
-    for info in walk(model, tuple(input_shape)):
-        _, p, s = _init_shapes(info.layer, info.input_shape)
-        origin = None  # PyTorch's (C, *spatial) of a flattened feature map feeding a Dense
-        if info.layer.kind == "flatten" and len(info.input_shape) > 2:
-            flatten_origin = tuple(info.input_shape[1:])
-            continue
-        if jax.tree_util.tree_leaves((p, s)):
-            if flatten_origin is not None and "kernel" in p and p["kernel"].ndim == 2:
-                origin = (flatten_origin[-1], *flatten_origin[:-1])
-            leaves.append((info.path, p, s, origin))
-            flatten_origin = None
-        elif tuple(info.output_shape) != tuple(info.input_shape):
-            flatten_origin = None
-
-    modules = _torch_modules(state_dict)
-    if mapping is None:
-        if len(modules) != len(leaves):
-            raise ValueError(
-                f"convert: the jaxconv model has {len(leaves)} layers with weights "
-                f"{[p for p, *_ in leaves]}, but the state_dict has {len(modules)} modules "
-                f"{[m for m, _ in modules]}; pass mapping={{jaxconv_path: torch_prefix}}")
-        pairs = [(leaf, mod) for leaf, mod in zip(leaves, modules)]
-    else:
-        by_prefix = dict(modules)
-        paths = {leaf[0]: leaf for leaf in leaves}
-        unknown = set(mapping) - set(paths)
-        if unknown:
-            raise ValueError(f"convert: mapping names jaxconv layers {sorted(unknown)} that "
-                             f"have no weights; expected some of {sorted(paths)}")
-        unmapped = set(paths) - set(mapping)
-        if unmapped:
-            raise ValueError(f"convert: jaxconv layers {sorted(unmapped)} are missing from "
-                             "mapping")
-        pairs = []
-        for path, prefix in mapping.items():
-            if prefix not in by_prefix:
-                raise ValueError(f"convert: torch module {prefix!r} (for {path!r}) is not in "
-                                 f"the state_dict; it has {sorted(by_prefix)}")
-            pairs.append((paths[path], (prefix, by_prefix[prefix])))
-
+    input_shape = tuple(input_shape)
+    _, like_params, like_state = init_shapes(model, input_shape)
+    pairs = _pair(_weighted_layers(model, input_shape), _torch_modules(state_dict), mapping)
     params = jax.tree_util.tree_map(lambda a: None, like_params)
     state = jax.tree_util.tree_map(lambda a: None, like_state)
     for (path, p, s, origin), (prefix, tensors) in pairs:
-        new_p, new_s = _convert_leaf(path, p, s, prefix, tensors, origin)
+        new_p, new_s = _convert_leaf(_Module(path, prefix, tensors), p, s, origin)
         if new_p:
             _set(params, path, new_p)
         if new_s:

@@ -35,8 +35,12 @@ class LayerInfo(NamedTuple):
     output_shape: Any
 
 
-def _init_shapes(layer: Layer, input_shape: Any):
-    """``(output_shape, params, state)`` with params/state as ``ShapeDtypeStruct`` (no compute)."""
+def init_shapes(layer: Layer, input_shape: Any) -> tuple[Any, Any, Any]:
+    """``(output_shape, params, state)`` of ``layer.init`` on ``input_shape``, without computing.
+
+    ``params`` and ``state`` hold ``jax.ShapeDtypeStruct`` leaves (shapes and
+    dtypes only): ``init`` runs under ``jax.eval_shape``.
+    """
     box = {}
 
     def run(key):
@@ -52,7 +56,7 @@ def _walk(model: Layer, input_shape: Any, prefix: str, out: list) -> Any:
     """Appends ``model``'s leaves to ``out`` and returns its output shape."""
     kind = model.kind
     if not (model.children and kind in ("serial", "residual", "parallel")):
-        shape, _, _ = _init_shapes(model, input_shape)
+        shape, _, _ = init_shapes(model, input_shape)
         out.append(LayerInfo(prefix or model.kind, model, input_shape, shape))
         return shape
     shape, outs = input_shape, []
@@ -134,7 +138,7 @@ def layer_macs(layer: Layer, input_shape: Any) -> int:
     one = jax.tree_util.tree_map(lambda s: (1,) + tuple(s[1:]), input_shape,
                                  is_leaf=lambda s: isinstance(s, tuple) and all(
                                      isinstance(d, int) for d in s))
-    _, params, state = _init_shapes(layer, one)
+    _, params, state = init_shapes(layer, one)
     x = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s, jnp.float32), one,
                                is_leaf=lambda s: isinstance(s, tuple) and all(
                                    isinstance(d, int) for d in s))
@@ -211,9 +215,9 @@ def summary(model: Layer, input_shape: Any) -> ModelSummary:
         input_shape = normalize_shape(input_shape, "summary")
     rows = []
     for info in walk(model, input_shape):
-        _, params, state = _init_shapes(info.layer, info.input_shape)
+        _, params, state = init_shapes(info.layer, info.input_shape)
         rows.append(Row(info.path, info.layer.kind, info.output_shape, _size(params),
                         _size(state), layer_macs(info.layer, info.input_shape)))
-    out, params, state = _init_shapes(model, input_shape)
+    out, params, state = init_shapes(model, input_shape)
     return ModelSummary(rows, input_shape, out, _size(params), _size(state),
                         sum(r.macs for r in rows))
