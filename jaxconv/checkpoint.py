@@ -259,6 +259,9 @@ def serialize(tree: Any, metadata: dict | None = None) -> bytes:
         meta_json = json.dumps(meta, sort_keys=True)
     except TypeError as e:
         raise TypeError(f"checkpoint.save: metadata must be JSON-serialisable: {e}") from None
+    problem = _schema_problem(json.loads(meta_json), _METADATA_SCHEMA, "metadata")
+    if problem:  # refused now rather than unreadable when it is loaded
+        raise TypeError(f"checkpoint.save: {problem}")
     header = {"format": FORMAT, "metadata": meta_json, "prng_keys": json.dumps(keys, sort_keys=True),
               _CHECKSUM_KEY: _UNSET_CHECKSUM.decode()}
     try:
@@ -335,15 +338,15 @@ def save(path: str, tree: Any, metadata: dict | None = None) -> None:
 
 _FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-               (stat.S_ISSOCK, "a socket"))
+               (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"))
 
 
 def _irregularity(path: str, mode: int) -> str | None:
-    """Why ``path`` (of file mode ``mode``) is not read: ``None`` for a regular file."""
+    """Why ``path`` (of file mode ``mode``, from ``stat`` or ``lstat``) is not read; ``None`` if regular."""
     if stat.S_ISREG(mode):
         return None
     kind = next((name for is_kind, name in _FILE_KINDS if is_kind(mode)), "a special file")
-    link = "a symbolic link to " if os.path.islink(path) else ""
+    link = "a symbolic link to " if os.path.islink(path) and not stat.S_ISLNK(mode) else ""
     return f"is {link}{kind}, not a regular file"
 
 

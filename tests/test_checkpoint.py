@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 
@@ -88,6 +89,69 @@ def test_train_state_round_trip(tmp_path):
     restored = ckpt.load(path, ts)
     assert isinstance(restored, jc.TrainState)
     assert_same(ts, restored)
+
+
+LEGACY = pathlib.Path(__file__).parent / "data" / "checkpoint_v1.safetensors"
+LEGACY_FIT = {"seed": 0, "batch_size": 32, "steps_per_call": 1, "microbatches": 1, "n_train": 64,
+              "epochs": 2, "step": 12, "epochs_done": 1,
+              "history": [{"epoch": 1, "train_loss": 1.25, "train_accuracy": 0.5, "test_loss": 1.5,
+                           "test_accuracy": 0.375, "seconds": 2.0}],
+              "partial": {"loss": 2.5, "accuracy": 1.0, "steps": 2}}
+
+
+def legacy_tree():
+    """The tree ``tests/data/checkpoint_v1.safetensors`` holds (written by format 1, commit 2c4c06e)."""
+    return {
+        "params": {"conv0": {"kernel": jnp.arange(18, dtype=jnp.float32).reshape(3, 3, 1, 2) / 7,
+                             "bias": jnp.asarray([0.5, -0.25], jnp.float32)},
+                   "dense0": {"kernel": (jnp.arange(12, dtype=jnp.float32).reshape(4, 3) / 3
+                                         ).astype(jnp.bfloat16)}},
+        "step": jnp.int32(12),
+        "key": jax.random.key(7),
+        "raw_key": jax.random.PRNGKey(42),
+        "counts": np.arange(3, dtype=np.int64),
+    }
+
+
+def test_format_1_checkpoints_still_load():
+    from safetensors import safe_open
+
+    with safe_open(str(LEGACY), framework="np") as f:
+        assert f.metadata()["format"] == ckpt.LEGACY_FORMAT and "file_sha256" not in f.metadata()
+    restored, meta = ckpt.load_with_metadata(str(LEGACY), legacy_tree())
+    assert_same(legacy_tree(), restored)
+    assert meta["fit"] == LEGACY_FIT
+    assert meta["config"]["input_shape"] == [-1, 8, 8, 1]
+    assert ckpt.is_complete(str(LEGACY))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b[:-1] + bytes([b[-1] ^ 0x01]), "is corrupt: its data fail the SHA-256 checksum"),
+    (lambda b: b.replace(b"1.25", b"true", 1), r"metadata.fit.history\[0\].train_loss must be a number"),
+    (lambda b: b.replace(b'{\\"config', b'[\\"config', 1), "has malformed metadata JSON"),
+])
+def test_format_1_damage_is_caught(tmp_path, damage, message):
+    """Format 1 checksums the tensors only; a defect its header shows still counts as corruption."""
+    path = tmp_path / "old.safetensors"
+    data = LEGACY.read_bytes()
+    path.write_bytes(damage(data))
+    assert path.read_bytes() != data
+    with pytest.raises(ckpt.CorruptCheckpointError, match=message):
+        ckpt.load(str(path), legacy_tree())
+
+
+def test_new_files_carry_a_checksum_of_the_whole_file(tmp_path):
+    from safetensors import safe_open
+
+    path = str(tmp_path / "t.safetensors")
+    ckpt.save(path, {"w": jnp.ones(3)})
+    with safe_open(path, framework="np") as f:
+        header = f.metadata()
+    assert header["format"] == ckpt.FORMAT == "jaxconv.checkpoint/2"
+    data = bytearray(pathlib.Path(path).read_bytes())
+    at = data.find(header["file_sha256"].encode())
+    data[at:at + 64] = b"0" * 64
+    assert hashlib.sha256(data).hexdigest() == header["file_sha256"]
 
 
 @pytest.fixture
