@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import pytest
 
 import jaxconv as jc
 from jaxconv.cli import main
-from jaxconv.structure import jaxpr_macs, walk
+from jaxconv.structure import init_shapes, jaxpr_macs, walk
 
 
 def test_walk_paths_and_shapes_through_combinators():
@@ -36,6 +37,19 @@ def test_walk_paths_and_shapes_through_combinators():
     assert s.total_params == (27 * 8 + 8) + (72 * 8 + 8) + 2 * 8 + (8 * 8 + 8)
     assert s.total_state == 2 * 8
     assert [r.macs for r in s.rows][:4] == [stem, body, 0, shortcut]
+
+
+def test_init_shapes_runs_no_computation_and_matches_init():
+    model = jc.serial(jc.Conv(6, 3, stride=2), jc.BatchNorm(), jc.Flatten(), jc.Dense(5))
+    out, params, state = init_shapes(model, (-1, 9, 9, 2))
+    assert out == (-1, 5)
+    assert isinstance(params["conv0"]["kernel"], jax.ShapeDtypeStruct)
+    real_out, real_params, real_state = model.init(jax.random.PRNGKey(1), (-1, 9, 9, 2))
+    assert real_out == out
+    for got, want in ((params, real_params), (state, real_state)):
+        assert jax.tree.structure(got) == jax.tree.structure(want)
+        assert [(a.shape, a.dtype) for a in jax.tree.leaves(got)] == [
+            (b.shape, b.dtype) for b in jax.tree.leaves(want)]
 
 
 def test_macs_of_grouped_strided_conv_and_dense_on_sequences():
