@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-import threading
 import tracemalloc
 import zlib
 
@@ -19,6 +18,7 @@ import pytest
 
 from jaxconv import data
 from jaxconv.data import IDX_FILES, load_dataset, read_cifar_batch, read_idx
+from tests.test_checkpoint_faults import read_in_thread
 from tests.test_data import idx_bytes, write_cifar, write_gz, write_mnist
 
 MiB = 1 << 20
@@ -100,24 +100,6 @@ def test_a_large_but_honest_header_is_still_read(tmp_path):
     assert os.path.getsize(path) * 1000 < 4 * MiB
     out = read_idx(path, ndim=3)
     assert out.shape == (4, 1024, 1024) and not out.any()
-
-
-def read_in_thread(read, fifo):
-    """Runs ``read()`` in a thread; a reader still blocked on the FIFO after 30 s is released and fails."""
-    box = {}
-
-    def target():
-        try:
-            read()
-        except Exception as e:  # noqa: BLE001 - the test inspects it
-            box["error"] = e
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(30)
-    if thread.is_alive():
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        pytest.fail(f"reading {fifo} blocked")
-    return box.get("error")
 
 
 def test_fifo_directory_and_device_named_like_idx_files(tmp_path, good):
