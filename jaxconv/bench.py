@@ -23,6 +23,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import jax
+
+from jaxconv.ops import conv
+from jaxconv.validate import integer
+
 # --------------------------------------------------------------------------
 # Timing core.
 
@@ -65,8 +70,6 @@ class Stats:
 
 def jax_sync(out: Any) -> None:
     """Waits for every array of the pytree ``out``."""
-    import jax
-
     jax.block_until_ready(out)
 
 
@@ -125,7 +128,11 @@ def measure_interleaved(
 
     Returns:
       ``{name: Stats}``, one per-call time per completed round.
+
+    Raises:
+      ValueError: ``rounds < 1`` (there would be no timings).
     """
+    integer(rounds, "rounds", context="measure_interleaved", minimum=1)
     start = time.perf_counter()
     live: list[tuple[Case, int]] = []
     results: dict[str, Stats] = {}
@@ -246,10 +253,6 @@ def conv_cases(shape: ConvShape, impls: Sequence[str], *, dtype: Any = "float32"
     cotangent), i.e. the work of one layer in a training step. The FLOP count
     of ``fwd+bwd`` is three times the forward's.
     """
-    import jax
-
-    from jaxconv.ops import conv
-
     kx, kw, kg = jax.random.split(jax.random.PRNGKey(seed), 3)
     x = jax.random.normal(kx, (shape.batch, shape.size, shape.size, shape.c_in), dtype)
     w = jax.random.normal(kw, (shape.k, shape.k, shape.c_in, shape.c_out), dtype) * 0.1
@@ -289,7 +292,11 @@ def run_conv_bench(
     Returns:
       One dict per row: ``shape`` (the ``ConvShape``), ``impl``, ``mode``,
       ``stats`` (``Stats``), ``gflops`` (GFLOP/s at the median).
+
+    Raises:
+      ValueError: ``rounds < 1`` (there would be no timings).
     """
+    integer(rounds, "rounds", context="run_conv_bench", minimum=1)
     rows = []
     for shape in shapes:
         if log:

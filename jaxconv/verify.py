@@ -29,8 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxconv.ops.conv import (PADDING_MODES, conv, conv_output_shape, conv_transpose,
-                              conv_transpose_output_shape, padding_pairs)
+from jaxconv.ops.conv import conv, conv_transpose
+from jaxconv.ops.spec import PADDING_MODES, conv_output_shape, conv_transpose_output_shape
+from jaxconv.validate import choice, integer
 
 TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
 OPTIONS = ("op", "dims", "stride", "padding", "padding_mode", "dilation", "groups",
@@ -91,12 +92,7 @@ def _draw_once(choose, ops, dims):
         k_shape = (*window, c_g, groups * f_g)
         kwargs = dict(stride=stride_arg, padding=padding, dilation=dilation_arg, groups=groups,
                       padding_mode=mode)
-        conv_output_shape(x_shape, k_shape, stride=stride, padding=padding, dilation=dilation,
-                          groups=groups)
-        pads = padding_pairs(padding, spatial, window, stride, dilation)
-        limit = {"reflect": -1, "circular": 0}.get(mode)
-        if limit is not None and any(max(lo, hi) > n + limit for n, (lo, hi) in zip(spatial, pads)):
-            raise ValueError("padding too wide for padding_mode")
+        conv_output_shape(x_shape, k_shape, **kwargs)  # empty output, padding too wide for mode
         tags.update(padding_mode=mode, output_padding="-")
     else:
         out_pad = tuple(choose(tuple(range(max(s, d)))) for s, d in zip(stride, dilation))
@@ -198,7 +194,7 @@ def verify(cases: int = 300, *, dtype: str = "float32", seed: int = 0,
     """Draws ``cases`` configurations and compares a candidate with lax on each.
 
     Args:
-      cases: number of random configurations.
+      cases: number of random configurations (at least 1).
       dtype: ``"float32"`` or ``"float64"`` (float64 runs under ``jax.enable_x64``).
       seed: NumPy seed of the configurations and JAX seed of the data.
       candidate: ``candidate(op)`` returns the function to check for ``op``
@@ -210,9 +206,12 @@ def verify(cases: int = 300, *, dtype: str = "float32", seed: int = 0,
 
     Returns:
       A :class:`Report`; ``ok`` is False when any error exceeds the tolerance.
+
+    Raises:
+      ValueError: ``cases < 1`` (nothing would be checked) or an unknown ``dtype``.
     """
-    if dtype not in TOLERANCE:
-        raise ValueError(f"verify: dtype must be one of {tuple(TOLERANCE)}, got {dtype!r}")
+    integer(cases, "cases", context="verify", minimum=1)
+    choice(dtype, "dtype", tuple(TOLERANCE), context="verify")
     candidate = candidate or default_candidate
     tol = TOLERANCE[dtype]
     rng = np.random.default_rng(seed)

@@ -57,6 +57,15 @@ def test_measure_interleaved_runs_in_rounds_and_drops_failures():
     assert any("bad" in m and "boom" in m for m in messages)
 
 
+def test_zero_rounds_are_refused_not_reported_as_timings():
+    case = Case("a", lambda: jnp.zeros(()))
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=f"measure_interleaved: rounds must be an int >= 1, got {bad}"):
+            measure_interleaved([case], rounds=bad)
+        with pytest.raises(ValueError, match=f"run_conv_bench: rounds must be an int >= 1, got {bad}"):
+            run_conv_bench([ConvShape("t", 2, 6, 3, 4)], ["lax"], rounds=bad)
+
+
 def test_replace_section_keeps_other_sections():
     doc = common.replace_section("", "cpu", "first")
     doc = common.replace_section(doc, "gpu", "gpu text")

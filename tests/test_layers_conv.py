@@ -99,13 +99,13 @@ def test_port_pytorch_layers_by_axis_permutation():
     (lambda: jc.Conv(4, 3, padding_mode="mirror"), ["Conv: unknown padding_mode 'mirror'"]),
     (lambda: jc.Conv(4, 3, impl="cudnn"), ["Conv: unknown impl 'cudnn'"]),
     (lambda: jc.Conv(4, 3, padding="FULL"), ["Conv: unknown padding 'FULL'"]),
-    (lambda: jc.Conv(4, 3, stride=0), ["Conv: stride must be >= 1, got 0"]),
-    (lambda: jc.Conv(4, 3, dilation=(1, 0)), ["Conv: dilation must be >= 1, got (1, 0)"]),
+    (lambda: jc.Conv(4, 3, stride=0), ["Conv: stride must be an int or a sequence of ints >= 1, got 0"]),
+    (lambda: jc.Conv(4, 3, dilation=(1, 0)), ["Conv: dilation must be an int or a sequence of ints >= 1, got (1, 0)"]),
     (lambda: jc.Conv(5, 3, groups=2), ["Conv: groups=2 must divide features=5"]),
-    (lambda: jc.Conv(4, 0), ["Conv: kernel_size must be >= 1, got 0"]),
+    (lambda: jc.Conv(4, 0), ["Conv: kernel_size must be an int or a sequence of ints >= 1, got 0"]),
     (lambda: jc.ConvTranspose(4, 3, output_padding=-1),
-     ["ConvTranspose: output_padding must be >= 0, got -1"]),
-    (lambda: jc.ConvTranspose(4, 3, groups=0), ["ConvTranspose: groups must be a positive int"]),
+     ["ConvTranspose: output_padding must be an int or a sequence of ints >= 0, got -1"]),
+    (lambda: jc.ConvTranspose(4, 3, groups=0), ["ConvTranspose: groups must be an int >= 1, got 0"]),
 ])
 def test_factory_errors(call, words):
     with pytest.raises(ValueError) as info:
@@ -124,7 +124,7 @@ def test_factory_errors(call, words):
     (jc.Conv(4, 3, padding=4, padding_mode="reflect"), (-1, 4, 4, 1),
      ["Conv: padding_mode='reflect' needs padding smaller than the input size"]),
     (jc.Conv(4, 3, stride=(1, 2, 3)), (-1, 8, 8, 3),
-     ["Conv: stride must be an int or a sequence of 2 ints, got (1, 2, 3)"]),
+     ["Conv: stride must be an int or a sequence of 2 ints >= 1, got (1, 2, 3)"]),
     (jc.ConvTranspose(4, 3, stride=2, output_padding=2), (-1, 5, 5, 3),
      ["ConvTranspose: output_padding must be smaller than stride or dilation"]),
     (jc.ConvTranspose(4, 3, groups=2), (-1, 5, 5, 3),

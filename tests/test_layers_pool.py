@@ -47,10 +47,10 @@ def test_in_serial():
 
 
 @pytest.mark.parametrize("make,words", [
-    (lambda: jc.MaxPool(0), "MaxPool: window must be a positive int"),
-    (lambda: jc.AvgPool(2, stride=(1, 0)), "AvgPool: stride must be a positive int"),
+    (lambda: jc.MaxPool(0), "MaxPool: window must be an int or a sequence of ints >= 1, got 0"),
+    (lambda: jc.AvgPool(2, stride=(1, 0)), "AvgPool: stride must be an int or a sequence of ints >= 1, got (1, 0)"),
     (lambda: jc.MinPool(2, padding="full"), "MinPool: unknown padding 'full'"),
-    (lambda: jc.AdaptiveAvgPool(0), "AdaptiveAvgPool: output_size must be a positive int"),
+    (lambda: jc.AdaptiveAvgPool(0), "AdaptiveAvgPool: output_size must be positive ints or None"),
     (lambda: jc.AdaptiveMaxPool((3, -2)), "got (3, -2)"),
 ])
 def test_factory_errors(make, words):

@@ -12,8 +12,9 @@ import pytest
 from jax import lax
 
 from jaxconv.ops import autotune
-from jaxconv.ops.conv import ConvSpec, conv, conv_transpose
+from jaxconv.ops.conv import conv, conv_transpose
 from jaxconv.ops.patches import batch_chunk_size, extract_patches, patches_conv_general
+from jaxconv.ops.spec import ConvSpec
 
 HIGHEST = lax.Precision.HIGHEST
 
@@ -72,7 +73,7 @@ def test_extract_patches_errors():
         extract_patches(jnp.ones((5, 5)), 3)
     with pytest.raises(ValueError, match="extract_patches: kernel of size"):
         extract_patches(jnp.ones((1, 5, 5, 1)), 7)
-    with pytest.raises(ValueError, match="extract_patches: stride must be >= 1"):
+    with pytest.raises(ValueError, match="extract_patches: stride must be an int or a sequence of ints >= 1, got 0"):
         extract_patches(jnp.ones((1, 5, 5, 1)), 3, stride=0)
 
 

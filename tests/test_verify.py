@@ -9,7 +9,7 @@ import pytest
 
 from jaxconv import cli
 from jaxconv import verify as verify_mod
-from jaxconv.ops.conv import conv
+from jaxconv.ops import conv
 
 
 def test_cli_verify_passes_and_prints_the_table(capsys):
@@ -53,6 +53,9 @@ def test_draw_case_is_valid_and_covers_options():
         assert (option, label) in seen, (option, label)
 
 
-def test_verify_rejects_unknown_dtype():
-    with pytest.raises(ValueError, match="verify: dtype must be one of"):
+def test_verify_rejects_unknown_dtype_and_no_cases():
+    with pytest.raises(ValueError, match=r"verify: unknown dtype 'float16'; expected one of \('float32'"):
         verify_mod.verify(1, dtype="float16")
+    for bad in (0, -3):  # nothing would be checked: not a pass
+        with pytest.raises(ValueError, match=f"verify: cases must be an int >= 1, got {bad}"):
+            verify_mod.verify(bad)

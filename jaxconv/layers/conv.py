@@ -1,4 +1,10 @@
-"""Convolution layers: ``Conv`` and ``ConvTranspose`` (channels-last, 1-D to 3-D)."""
+"""Convolution layers: ``Conv`` and ``ConvTranspose`` (channels-last, 1-D to 3-D).
+
+A layer checks its convolution arguments once, in its factory
+(``jaxconv.ops.spec.conv_options``); ``init`` and each ``apply`` resolve them
+against the shapes once (``resolve_conv``), and ``apply`` hands them to
+``jaxconv.ops.conv.convolve``.
+"""
 
 from __future__ import annotations
 
@@ -7,57 +13,60 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxconv.core import Layer, cast_to, check_input, normalize_shape, positive_int
+from jaxconv.core import Layer, cast_to, check_input, normalize_shape
 from jaxconv.layers.dense import default_kernel_init, kernel_and_bias
-from jaxconv.ops.conv import (IMPLS, check_padding_mode, check_padding_string, conv,
-                              conv_output_shape, conv_transpose, conv_transpose_output_shape)
-
-def _check_spatial(value: Any, name: str, layer: str, minimum: int) -> None:
-    """Factory-time check of an int / tuple-of-ints option (length is checked at init)."""
-    items = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
-    if not isinstance(items, (tuple, list)) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in items):
-        raise ValueError(f"{layer}: {name} must be an int or a tuple of ints, got {value!r}")
-    if any(v < minimum for v in items):
-        raise ValueError(f"{layer}: {name} must be >= {minimum}, got {value!r}")
+from jaxconv.ops.conv import convolve
+from jaxconv.ops.spec import ConvOptions, check_spatial_rank, conv_options, resolve_conv, spatial_option
+from jaxconv.validate import integer
 
 
-def _check_options(layer, features, kernel_size, stride, padding, dilation, groups, impl):
-    positive_int(features, "features", layer)
-    positive_int(groups, "groups", layer)
-    _check_spatial(kernel_size, "kernel_size", layer, 1)
-    _check_spatial(stride, "stride", layer, 1)
-    _check_spatial(dilation, "dilation", layer, 1)
+def _check_features(features: Any, groups: int, context: str) -> int:
+    integer(features, "features", context=context, minimum=1)
     if features % groups:
-        raise ValueError(f"{layer}: groups={groups} must divide features={features}")
-    check_padding_string(padding, layer)
-    if impl not in IMPLS:
-        raise ValueError(f"{layer}: unknown impl {impl!r}; expected one of {IMPLS}")
+        raise ValueError(f"{context}: groups={groups} must divide features={features}")
+    return features
 
 
-def _window(kernel_size, shape, layer):
-    shape = normalize_shape(shape, layer)
-    if len(shape) not in (3, 4, 5):
-        raise ValueError(
-            f"{layer}: expected input of rank 3, 4 or 5 (N, *spatial, C), got shape {shape}")
-    nd = len(shape) - 2
-    window = (kernel_size,) * nd if isinstance(kernel_size, int) else tuple(kernel_size)
+def _shape_and_window(kernel_size: int | tuple[int, ...], input_shape: Any, context: str):
+    """The input shape (checked) and the kernel's spatial size for it."""
+    shape = normalize_shape(input_shape, context)
+    nd = check_spatial_rank(shape, context)
+    window = (kernel_size,) * nd if isinstance(kernel_size, int) else kernel_size
     if len(window) != nd:
         raise ValueError(
-            f"{layer}: kernel_size {kernel_size!r} has {len(window)} dimensions, but the input "
+            f"{context}: kernel_size {kernel_size!r} has {len(window)} dimensions, but the input "
             f"shape {shape} has {nd} spatial dimensions")
     return shape, window
 
 
-def _apply(op, layer, in_channels, params, x, dtype, use_bias, **options):
-    """Shared body of the conv layers' ``apply``: check, cast, convolve, add the bias."""
-    kernel = params["kernel"]
-    check_input(x, (-1,) * (kernel.ndim - 1) + (in_channels,), layer)
-    x, kernel = cast_to(dtype, x, kernel)
-    y = op(x, kernel, **options)
-    if use_bias:
-        y = y + params["bias"].astype(y.dtype)
-    return y
+def _make_layer(options: ConvOptions, kind: str, features: int, kernel_size: Any, use_bias: bool,
+                inits: tuple[Any, Any], dtype: Any, param_dtype: Any) -> Layer:
+    """The ``Layer`` of a convolution whose options are checked; ``kernel_size`` is checked here."""
+    context, groups = options.context, options.groups
+    kernel_size = spatial_option(kernel_size, "kernel_size", context=context)
+
+    def kernel_shape(window, in_channels):
+        if options.op == "conv":
+            return (*window, in_channels // groups, features)
+        return (*window, features // groups, in_channels)
+
+    def init(key, input_shape):
+        shape, window = _shape_and_window(kernel_size, input_shape, context)
+        k_shape = kernel_shape(window, shape[-1])
+        _, out = resolve_conv(options, shape, k_shape)
+        return out, kernel_and_bias(key, k_shape, features, use_bias, *inits, param_dtype), {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        kernel = params["kernel"]
+        in_channels = kernel.shape[-2] * groups if options.op == "conv" else kernel.shape[-1]
+        check_input(x, (-1,) * (kernel.ndim - 1) + (in_channels,), context)
+        x, kernel = cast_to(dtype, x, kernel)
+        y = convolve(x, kernel, options)
+        if use_bias:
+            y = y + params["bias"].astype(y.dtype)
+        return y, state
+
+    return Layer(init, apply, kind)
 
 
 def Conv(
@@ -97,28 +106,12 @@ def Conv(
     Shapes: ``(N, *spatial, C) -> (N, *out_spatial, F)``; params ``kernel``
     ``(*kernel_size, C // groups, F)`` and ``bias`` ``(F,)``.
     """
-    _check_options("Conv", features, kernel_size, stride, padding, dilation, groups, impl)
-    check_padding_mode(padding_mode, "Conv")
-    options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
-                   padding_mode=padding_mode)
-
-    def init(key, input_shape):
-        shape, window = _window(kernel_size, input_shape, "Conv")
-        k_shape = (*window, shape[-1] // groups, features)
-        if shape[-1] % groups:
-            raise ValueError(
-                f"Conv: groups={groups} must divide the {shape[-1]} input channels "
-                f"(input shape {shape})")
-        out = conv_output_shape(shape, k_shape, where="Conv", **options)
-        return out, kernel_and_bias(key, k_shape, features, use_bias, kernel_init,
-                                    bias_init, param_dtype), {}
-
-    def apply(params, state, x, *, key=None, train=False):
-        in_channels = params["kernel"].shape[-2] * groups
-        return _apply(conv, "Conv", in_channels, params, x, dtype, use_bias,
-                      impl=impl, precision=precision, **options), state
-
-    return Layer(init, apply, "conv")
+    options = conv_options("conv", "Conv", stride=stride, padding=padding, dilation=dilation,
+                           groups=groups, padding_mode=padding_mode, impl=impl,
+                           precision=precision)
+    _check_features(features, groups, "Conv")
+    return _make_layer(options, "conv", features, kernel_size, use_bias, (kernel_init, bias_init),
+                       dtype, param_dtype)
 
 
 def ConvTranspose(
@@ -154,22 +147,9 @@ def ConvTranspose(
     transposes; a PyTorch weight ``(C, F // groups, *k)`` converts by moving
     its two leading axes last, in reverse order) and ``bias`` ``(F,)``.
     """
-    _check_options("ConvTranspose", features, kernel_size, stride, padding, dilation, groups,
-                   impl)
-    _check_spatial(output_padding, "output_padding", "ConvTranspose", 0)
-    options = dict(stride=stride, padding=padding, dilation=dilation,
-                   output_padding=output_padding, groups=groups)
-
-    def init(key, input_shape):
-        shape, window = _window(kernel_size, input_shape, "ConvTranspose")
-        k_shape = (*window, features // groups, shape[-1])
-        out = conv_transpose_output_shape(shape, k_shape, where="ConvTranspose", **options)
-        return out, kernel_and_bias(key, k_shape, features, use_bias, kernel_init,
-                                    bias_init, param_dtype), {}
-
-    def apply(params, state, x, *, key=None, train=False):
-        in_channels = params["kernel"].shape[-1]
-        return _apply(conv_transpose, "ConvTranspose", in_channels, params, x, dtype, use_bias,
-                      impl=impl, precision=precision, **options), state
-
-    return Layer(init, apply, "conv_transpose")
+    options = conv_options("conv_transpose", "ConvTranspose", stride=stride, padding=padding,
+                           dilation=dilation, output_padding=output_padding, groups=groups,
+                           impl=impl, precision=precision)
+    _check_features(features, groups, "ConvTranspose")
+    return _make_layer(options, "conv_transpose", features, kernel_size, use_bias,
+                       (kernel_init, bias_init), dtype, param_dtype)

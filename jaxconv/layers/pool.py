@@ -11,38 +11,25 @@ from typing import Any
 
 from jaxconv.core import Layer, normalize_shape
 from jaxconv.ops import pool as P
-from jaxconv.ops.conv import check_padding_string
+from jaxconv.ops.spec import check_spatial_rank, parse_padding, spatial_option
+from jaxconv.validate import boolean
 
 
-def _check_spec(value: Any, name: str, layer: str, *, none_ok: bool = False) -> None:
-    """Factory-time validation of a window/stride/size spec (int or sequence of ints).
-
-    With ``none_ok`` the whole value (stride) or single entries (output_size) may be None.
-    """
-    if none_ok and value is None:
-        return
-    items = value if isinstance(value, (tuple, list)) else (value,)
-    good = [(isinstance(v, int) and not isinstance(v, bool) and v > 0) or (none_ok and v is None)
-            for v in items]
-    if not items or not all(good):
-        raise ValueError(f"{layer}: {name} must be a positive int or a sequence of positive "
-                         f"ints, got {value!r}")
-
-
-def _window_layer(kind: str, layer: str, op_kind: str, window, stride, padding,
+def _window_layer(kind: str, context: str, op_kind: str, window, stride, padding,
                   count_include_pad=True) -> Layer:
-    _check_spec(window, "window", layer)
-    _check_spec(stride, "stride", layer, none_ok=True)
-    check_padding_string(padding, layer)
+    window = spatial_option(window, "window", context=context)
+    stride = None if stride is None else spatial_option(stride, "stride", context=context)
+    padding = parse_padding(padding, context)
+    boolean(count_include_pad, "count_include_pad", context=context)
 
     def init(key, input_shape):
-        shape = normalize_shape(input_shape, layer)
-        *_, out = P.pool_geometry(shape, window, stride, padding, where=layer)
+        shape = normalize_shape(input_shape, context)
+        *_, out = P.pool_geometry(shape, window, stride, padding, context=context)
         return out, {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
         return P.window_pool(x, op_kind, window, stride, padding, count_include_pad,
-                             where=layer), state
+                             context=context), state
 
     return Layer(init, apply, kind)
 
@@ -68,23 +55,20 @@ def AvgPool(window: Any, stride: Any = None, padding: Any = "VALID",
     ``count_include_pad=True`` (PyTorch's default) divides by the window size;
     ``False`` divides by the number of real (unpadded) positions in the window.
     """
-    if not isinstance(count_include_pad, bool):
-        raise TypeError(f"AvgPool: count_include_pad must be a bool, got {count_include_pad!r}")
     return _window_layer("avg_pool", "AvgPool", "avg", window, stride, padding, count_include_pad)
 
 
-def _global_layer(kind: str, layer: str, op_kind: str, keepdims: bool) -> Layer:
-    if not isinstance(keepdims, bool):
-        raise TypeError(f"{layer}: keepdims must be a bool, got {keepdims!r}")
+def _global_layer(kind: str, context: str, op_kind: str, keepdims: bool) -> Layer:
+    boolean(keepdims, "keepdims", context=context)
 
     def init(key, input_shape):
-        shape = normalize_shape(input_shape, layer)
-        P.check_spatial_rank(shape, layer)
+        shape = normalize_shape(input_shape, context)
+        check_spatial_rank(shape, context)
         middle = (1,) * (len(shape) - 2) if keepdims else ()
         return (shape[0], *middle, shape[-1]), {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
-        return P.global_pool(x, op_kind, keepdims, where=layer), state
+        return P.global_pool(x, op_kind, keepdims, context=context), state
 
     return Layer(init, apply, kind)
 
@@ -99,15 +83,15 @@ def GlobalMaxPool(keepdims: bool = False) -> Layer:
     return _global_layer("global_max_pool", "GlobalMaxPool", "max", keepdims)
 
 
-def _adaptive_layer(kind: str, layer: str, op_kind: str, output_size: Any) -> Layer:
-    _check_spec(output_size, "output_size", layer, none_ok=True)
+def _adaptive_layer(kind: str, context: str, op_kind: str, output_size: Any) -> Layer:
+    output_size = P.check_output_size(output_size, context)
 
     def init(key, input_shape):
-        shape = normalize_shape(input_shape, layer)
-        return P.adaptive_output_shape(shape, output_size, where=layer), {}, {}
+        shape = normalize_shape(input_shape, context)
+        return P.adaptive_output_shape(shape, output_size, context=context), {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
-        return P.adaptive_pool(x, output_size, op_kind, where=layer), state
+        return P.adaptive_pool(x, output_size, op_kind, context=context), state
 
     return Layer(init, apply, kind)
 

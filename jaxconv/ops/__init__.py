@@ -1,10 +1,17 @@
 """Pure array functions: convolution and pooling (channels-last)."""
 
-from jaxconv.ops.conv import (conv, conv_output_shape, conv_transpose, conv_transpose_output_shape,
-                              padding_pairs)
+from jaxconv.ops.conv import conv, conv_transpose
 from jaxconv.ops.patches import extract_patches
-from jaxconv.ops.pool import (adaptive_avg_pool, adaptive_max_pool, avg_pool, global_avg_pool,
-                              global_max_pool, max_pool, min_pool)
+from jaxconv.ops.pool import (
+    adaptive_avg_pool,
+    adaptive_max_pool,
+    avg_pool,
+    global_avg_pool,
+    global_max_pool,
+    max_pool,
+    min_pool,
+)
+from jaxconv.ops.spec import conv_output_shape, conv_transpose_output_shape, padding_pairs
 
 __all__ = ["conv", "conv_transpose", "extract_patches", "conv_output_shape",
            "conv_transpose_output_shape", "padding_pairs", "max_pool", "avg_pool", "min_pool",

@@ -9,8 +9,8 @@ first rule whose every field matches wins. Fields:
 - ``shape``: the shape class from :func:`shape_class` (``"pointwise"``,
   ``"depthwise"``, ``"grouped"``, ``"rows"``, ``"narrow"``, ``"wide"``) or ``"*"``;
 - ``impl``: ``"lax"`` or ``"patches"``;
-- ``note``: where the rule comes from (a measurement in
-  ``benchmarks/RESULTS.md``, or a default).
+- ``note``: where the rule comes from (a section of
+  ``benchmarks/RESULTS.md``, or a default); for the reader, not read by the code.
 
 To refine the table from new measurements, edit :data:`TABLE` (more specific
 rules first); nothing else needs to change.
@@ -30,18 +30,14 @@ import jax
 
 TABLE: list[dict[str, str]] = [
     {"backend": "cpu", "op": "*", "shape": "rows", "impl": "patches",
-     "note": "RESULTS.md cpu, table rows: where the patches path takes its row-shift form "
-             "(8-128 channels on 16x16-32x32 maps, VALID and SAME), fwd+bwd takes 0.36-0.93x "
-             "the time of lax on all 12 layers"},
+     "note": "RESULTS.md cpu, table rows: the row-shift form beats lax in fwd+bwd on every "
+             "layer measured"},
     {"backend": "cpu", "op": "*", "shape": "narrow", "impl": "patches",
-     "note": "RESULTS.md cpu: fewer than 64 input channels: the MNIST CNN step 1.5-1.7x "
-             "faster than with lax; RESULTS.md cpu-autotune: the digits CNN step 1.12x. "
-             "Layer by layer (cpu-autotune) patches wins 1.1-2.5x on all but one unpadded "
-             "(VALID) layer but loses up to 2.3x on small padded ones (batch 32 or 8x8 "
-             "maps, SAME); the full steps decide here"},
+     "note": "RESULTS.md cpu and cpu-autotune: with fewer than 64 input channels the MNIST "
+             "and digits CNN steps are faster with patches (layer by layer it loses on small "
+             "padded maps; the full steps decide here)"},
     {"backend": "cpu", "op": "*", "shape": "*", "impl": "lax",
-     "note": "RESULTS.md cpu: 64-256 channels, XLA:CPU's convolution is 1.15-1.3x patches "
-             "in fwd+bwd"},
+     "note": "RESULTS.md cpu: from 64 channels on, XLA:CPU's convolution is faster in fwd+bwd"},
     {"backend": "gpu", "op": "*", "shape": "*", "impl": "lax",
      "note": "default: cuDNN convolutions"},
     {"backend": "tpu", "op": "*", "shape": "*", "impl": "lax",
@@ -52,10 +48,9 @@ TABLE: list[dict[str, str]] = [
 
 # The largest patch tensor ``impl="patches"`` builds at once, per backend: larger
 # batches run in chunks of images (``patches.patches_conv_general``); ``None`` or
-# no entry: the whole batch at once. CPU (RESULTS.md cpu): on the MNIST CNN step
-# (an 85 MB patch tensor per batch of 128), chunks of 4-8 MB made the step 1.2x
-# faster, with no difference between 4, 6 and 8 MB; with 1 MB the per-chunk
-# overhead dominated. 8 MB leaves the digits CNN (4.7 MB) unchunked.
+# no entry: the whole batch at once. CPU: chosen on the MNIST CNN step (RESULTS.md
+# cpu), where chunks that stay in cache make the step faster and much smaller
+# ones drown in per-chunk overhead; it leaves the digits CNN unchunked.
 PATCH_CHUNK_BYTES: dict[str, int | None] = {
     "cpu": 8 << 20,
 }
@@ -81,12 +76,10 @@ class RowsRule(NamedTuple):
     max_waste: float
 
 
-# Per backend; no entry: always the full patch tensor. CPU (RESULTS.md cpu, table rows): in
-# fwd+bwd of 3x3 layers the row-shift form took 0.34-0.96x the time of the full patch
-# tensor from 24 channels of depth on (8 channels, 26x26 maps, up to 384). Measured
-# while choosing the rule (scratch runs, same layers): 1.54x at depth 3 (1 channel) and
-# 1.02-1.14x on 8x8 maps with SAME padding (10 padded rows for 8 output rows). The
-# MNIST CNN step (RESULTS.md cpu, table step): 0.88x the time of the full patch tensor.
+# Per backend; no entry: always the full patch tensor. CPU (RESULTS.md cpu, tables rows
+# and step): in fwd+bwd of 3x3 layers the row-shift form beats the full patch tensor
+# from a depth of 24 on, and loses on shallow patches (one channel) and on small maps
+# with SAME padding, where the wasted padded rows weigh most.
 PATCH_ROWS: dict[str, RowsRule] = {
     "cpu": RowsRule(min_depth=24, max_waste=1.25),
 }
@@ -103,7 +96,7 @@ def rows_apply(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], spec: An
 
     Args:
       x_shape, kernel_shape: ``(N, *spatial, C)`` and ``(*k, C // groups, F)``.
-      spec: the ``jaxconv.ops.conv.ConvSpec`` evaluated.
+      spec: the ``jaxconv.ops.spec.ConvSpec`` evaluated.
       rule: see :data:`PATCH_ROWS`; ``None``: never.
 
     The form needs a kernel taller than one row, stride 1 and no input

@@ -14,14 +14,13 @@ is a plain 2-D matmul (``dot_general``; a batched one over the groups when
 
 Memory: the patch tensor holds ``N * prod(out_spatial) * prod(kernel_size) * C``
 elements, i.e. ``prod(kernel_size) / prod(stride)`` times the input (9x for a
-3x3 stride-1 convolution: a batch of 128 28x28x32 float32 maps gives a 116 MB
-patch tensor); the input gradient holds one more array of that size (the
-output gradient in patch space). Where the backend sets a budget
-(``jaxconv.ops.autotune.PATCH_CHUNK_BYTES``; on CPU 8 MB), a larger batch is
-processed in chunks of images with ``lax.map``, each chunk rematerialised in
-the backward pass, so only one chunk's patch tensor exists at a time: it stays
-in cache between the patch build and the matmuls, and the memory is reused
-from chunk to chunk instead of being allocated (and page-faulted in) afresh.
+3x3 stride-1 convolution); the input gradient holds one more array of that
+size (the output gradient in patch space). Where the backend sets a budget
+(``jaxconv.ops.autotune.PATCH_CHUNK_BYTES``), a larger batch is processed in
+chunks of images with ``lax.map``, each chunk rematerialised in the backward
+pass, so only one chunk's patch tensor exists at a time: it stays in cache
+between the patch build and the matmuls, and the memory is reused from chunk
+to chunk instead of being allocated (and page-faulted in) afresh.
 
 Differentiation (``jax.custom_jvp``, so forward and reverse mode both work, and
 ``vmap`` and ``jit`` compose): the tangent of ``y = P(x) @ W`` is
@@ -36,32 +35,29 @@ and JAX transposes each (linear) term for reverse mode:
   into patch space ``(N, *out, K * C)``, then col2im -- the transposes of the
   strided slices and of the concatenate are one ``pad`` per kernel position,
   summed in a single fused pass -- with no scatter and no second patch tensor.
-  (Writing this term instead as a scatter-form convolution, whose transpose
-  is the gather-form transposed convolution over a patch tensor of the output
-  gradient, measured 2x slower on CPU for the MNIST CNN's second layer:
-  ``F / C`` times more patch memory.)
+  (The alternative, a scatter-form convolution whose transpose is a
+  gather-form transposed convolution over a patch tensor of the output
+  gradient, needs ``F / C`` times more patch memory; it measured slower, see
+  ``benchmarks/RESULTS.md``.)
 
 Second-order derivatives go through the same rules (the tangent map is plain
 JAX), but are not tuned for speed.
 
-Row-shift form. Where ``jaxconv.ops.autotune.PATCH_ROWS`` says so (on CPU:
-patches at least 24 deep over the trailing axes, e.g. 3x3 kernels over 8 or
-more channels), a convolution with stride 1 along its first spatial axis
-builds patches over the trailing spatial axes only, keeping every padded row
-``h`` of the first axis: ``Q (N, Hp, *out[1:], prod(k[1:]) * C)``, a
-``k[0]``-th of the full patch tensor. One matmul with the kernel's rows side
-by side, ``(prod(k[1:]) * C, k[0] * F)``, gives ``Z``, whose column block
-``i`` is row ``h`` times kernel row ``i``; output row ``h`` is the sum over
-``i`` of block ``i`` of ``Z``'s row ``h + i * dilation`` -- in the flattened
-``Z`` a shift by whole rows, so the sum is ``k[0]`` contiguous slices added in
-one fused pass. The matmul also runs over the ``(k[0] - 1) * dilation``
-padded rows that start no output row (8% more work for the MNIST CNN's
-26x26 maps); the rule skips maps where that waste reaches a quarter. Its
-gradients are plain JAX autodiff of these slices, one matmul each and pads:
-no scatter, no second patch tensor. Batch chunks are sized as for the full
-patch tensor. Measured on CPU (RESULTS.md cpu, table rows), fwd+bwd of 3x3
-layers takes 0.34-0.96x the time of the full patch tensor (0.71x for the MNIST
-CNN's second layer, whose batch of 128 writes 30 MB of patches instead of 85 MB).
+Row-shift form. Where ``jaxconv.ops.autotune.PATCH_ROWS`` says so (deep enough
+patches over the trailing axes, few wasted rows), a convolution with stride 1
+along its first spatial axis builds patches over the trailing spatial axes
+only, keeping every padded row ``h`` of the first axis:
+``Q (N, Hp, *out[1:], prod(k[1:]) * C)``, a ``k[0]``-th of the full patch
+tensor. One matmul with the kernel's rows side by side,
+``(prod(k[1:]) * C, k[0] * F)``, gives ``Z``, whose column block ``i`` is row
+``h`` times kernel row ``i``; output row ``h`` is the sum over ``i`` of block
+``i`` of ``Z``'s row ``h + i * dilation`` -- in the flattened ``Z`` a shift by
+whole rows, so the sum is ``k[0]`` contiguous slices added in one fused pass.
+The matmul also runs over the ``(k[0] - 1) * dilation`` padded rows that start
+no output row; the rule skips maps where that waste is large. Its gradients
+are plain JAX autodiff of these slices, one matmul each and pads: no scatter,
+no second patch tensor. Batch chunks are sized as for the full patch tensor.
+Measurements of both forms: ``benchmarks/RESULTS.md`` (cpu, table rows).
 """
 
 from __future__ import annotations
@@ -77,8 +73,16 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from jaxconv.ops.autotune import patch_chunk_bytes, rows_apply, rows_rule
-from jaxconv.ops.conv import (ConvSpec, Padding, conv_output_shape, expand,
-                              general_output_size, padding_pairs)
+from jaxconv.ops.spec import (
+    ConvSpec,
+    Padding,
+    apply_padding_mode,
+    check_spatial_rank,
+    conv_options,
+    resolve_conv,
+    spec_output_sizes,
+)
+from jaxconv.validate import int_tuple, integer
 
 
 def _offsets(window, rhs_dilation):
@@ -91,10 +95,7 @@ def _frame(x_shape, window, spec):
     """Pad config and output spatial sizes of ``spec`` on an input of ``x_shape``."""
     config = [(0, 0, 0)] + [(lo, hi, a - 1) for (lo, hi), a in
                             zip(spec.padding, spec.lhs_dilation)] + [(0, 0, 0)]
-    out = tuple(general_output_size(n, k, dims) for n, k, dims in zip(
-        x_shape[1:-1], window,
-        zip(spec.strides, spec.padding, spec.lhs_dilation, spec.rhs_dilation)))
-    return config, out
+    return config, spec_output_sizes(x_shape[1:-1], window, spec)
 
 
 def _window_slice(xp, start, out, strides):
@@ -245,28 +246,24 @@ def patches_conv_general(x: Any, kernel: Any, spec: ConvSpec, *,
     Args:
       x: ``(N, *spatial, C)``.
       kernel: ``(*kernel_size, C // groups, F)``.
-      spec: the resolved convolution (``jaxconv.ops.conv.ConvSpec``); shapes are
-        assumed already validated by ``conv_output_shape`` or
-        ``conv_transpose_output_shape``.
+      spec: the resolved convolution (``jaxconv.ops.spec.ConvSpec``); shapes
+        are assumed already validated (``jaxconv.ops.spec.resolve_conv``).
       batch_chunk: images per chunk (see ``_conv_in_batch_chunks``). By default
         chunks are sized so that one chunk's patch tensor holds at most
-        ``jaxconv.ops.autotune.patch_chunk_bytes()`` (on CPU 8 MB, which stay
-        in cache between the patch build and the matmul, and are reused from
-        chunk to chunk instead of being allocated afresh each step; on
-        accelerators the whole batch).
+        ``jaxconv.ops.autotune.patch_chunk_bytes()`` (the whole batch where
+        the backend sets no budget).
 
     Returns:
       ``(N, *out_spatial, F)``.
     """
-    spec = spec._replace(
+    x, spec = apply_padding_mode(x, spec._replace(
         strides=tuple(spec.strides), padding=tuple(map(tuple, spec.padding)),
-        lhs_dilation=tuple(spec.lhs_dilation), rhs_dilation=tuple(spec.rhs_dilation))
+        lhs_dilation=tuple(spec.lhs_dilation), rhs_dilation=tuple(spec.rhs_dilation)))
     if batch_chunk is None:
         batch_chunk = batch_chunk_size(x.shape, kernel.shape, spec,
                                        jnp.dtype(x.dtype).itemsize, patch_chunk_bytes())
-    elif not isinstance(batch_chunk, int) or isinstance(batch_chunk, bool) or batch_chunk < 1:
-        raise ValueError(f"patches_conv_general: batch_chunk must be an int >= 1, "
-                         f"got {batch_chunk!r}")
+    else:
+        integer(batch_chunk, "batch_chunk", context="patches_conv_general", minimum=1)
     rows = rows_apply(x.shape, kernel.shape, spec, rows_rule())
     return _conv_in_batch_chunks_jit(x, kernel, spec, batch_chunk, rows)
 
@@ -288,17 +285,9 @@ def extract_patches(x: Any, kernel_size: Any, *, stride: Any = 1, padding: Paddi
       Memory: ``prod(kernel_size) / prod(stride)`` times the size of ``x``.
     """
     x = jnp.asarray(x)
-    nd = x.ndim - 2
-    if nd not in (1, 2, 3):
-        raise ValueError(
-            f"extract_patches: expected input of rank 3, 4 or 5 (N, *spatial, C), "
-            f"got shape {x.shape}")
-    window = expand(kernel_size, nd, "kernel_size", where="extract_patches")
-    c = x.shape[-1]
-    conv_output_shape(x.shape, (*window, c, 1), stride=stride, padding=padding,
-                      dilation=dilation, where="extract_patches")
-    strides = expand(stride, nd, "stride", where="extract_patches")
-    dilations = expand(dilation, nd, "dilation", where="extract_patches")
-    pads = padding_pairs(padding, x.shape[1:-1], window, strides, dilations,
-                         where="extract_patches")
-    return patches_general(x, window, ConvSpec(strides, pads, (1,) * nd, dilations, 1))
+    nd = check_spatial_rank(x.shape, "extract_patches")
+    window = int_tuple(kernel_size, "kernel_size", context="extract_patches", length=nd, minimum=1)
+    options = conv_options("conv", "extract_patches", stride=stride, padding=padding,
+                           dilation=dilation)
+    spec, _ = resolve_conv(options, x.shape, (*window, x.shape[-1], 1))
+    return patches_general(x, window, spec)

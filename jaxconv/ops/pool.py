@@ -1,7 +1,7 @@
 """Pooling ops over the spatial axes of channels-last arrays ``(N, *spatial, C)``.
 
 1-D, 2-D and 3-D inputs (rank 3, 4, 5) are supported. Windowed pools take the
-same ``padding`` spellings as convolution (``jaxconv.ops.conv.padding_pairs``)
+same ``padding`` spellings as convolution (``jaxconv.ops.spec.padding_pairs``)
 and default ``stride`` to the window (PyTorch's convention). Adaptive pools use
 PyTorch's bin rule: output index ``i`` of ``out`` covers input positions
 ``floor(i * n / out) <= j < ceil((i + 1) * n / out)``.
@@ -19,23 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxconv.ops.conv import conv_output_size, expand, padding_pairs
-
-Padding = Any
-
-
-def check_spatial_rank(shape: Sequence[int], where: str) -> int:
-    """Checks ``(N, *spatial, C)`` with 1 to 3 spatial dimensions; returns their count."""
-    nd = len(shape) - 2
-    if nd not in (1, 2, 3):
-        raise ValueError(
-            f"{where}: expected input of rank 3, 4 or 5 (N, *spatial, C), got shape "
-            f"{tuple(shape)} (rank {len(shape)})")
-    return nd
+from jaxconv.ops.spec import Padding, check_spatial_rank, output_length, padding_pairs
+from jaxconv.validate import boolean, choice, int_tuple, is_int
 
 
 def pool_geometry(input_shape: Sequence[int], window: Any, stride: Any = None,
-                  padding: Padding = "VALID", *, where: str = "pool"):
+                  padding: Padding = "VALID", *, context: str = "pool"):
     """Validates a windowed pool and returns ``(window, stride, pads, out_shape)``.
 
     Args:
@@ -51,24 +40,22 @@ def pool_geometry(input_shape: Sequence[int], window: Any, stride: Any = None,
       ``out = floor((n + low + high - window) / stride) + 1``.
     """
     shape = tuple(input_shape)
-    nd = check_spatial_rank(shape, where)
-    window = expand(window, nd, "window", where=where)
-    stride = window if stride is None else expand(stride, nd, "stride", where=where)
-    pads = padding_pairs(padding, shape[1:-1], window, stride, (1,) * nd, where=where)
+    nd = check_spatial_rank(shape, context)
+    window = int_tuple(window, "window", context=context, length=nd, minimum=1)
+    stride = window if stride is None else int_tuple(stride, "stride", context=context, length=nd,
+                                                     minimum=1)
+    pads = padding_pairs(padding, shape[1:-1], window, stride, (1,) * nd, context=context)
     for k, (lo, hi) in zip(window, pads):
         if not (0 <= lo < k and 0 <= hi < k):
             raise ValueError(
-                f"{where}: padding must be >= 0 and smaller than the window on each side "
+                f"{context}: padding must be >= 0 and smaller than the window on each side "
                 f"(every window must overlap the input); got pads {pads} for window {window}")
-    out = []
-    for size, k, s, p in zip(shape[1:-1], window, stride, pads):
-        o = conv_output_size(size, k, s, 1, p)
-        if o <= 0:
-            padded = tuple(n + lo + hi for n, (lo, hi) in zip(shape[1:-1], pads))
-            raise ValueError(
-                f"{where}: window {window} is larger than the padded input {padded} "
-                f"(input shape {shape}, padding {padding!r})")
-        out.append(o)
+    out = tuple(output_length(n, k, s, p) for n, k, s, p in zip(shape[1:-1], window, stride, pads))
+    if min(out) <= 0:
+        padded = tuple(n + lo + hi for n, (lo, hi) in zip(shape[1:-1], pads))
+        raise ValueError(
+            f"{context}: window {window} is larger than the padded input {padded} "
+            f"(input shape {shape}, padding {padding!r})")
     return window, stride, pads, (shape[0], *out, shape[-1])
 
 
@@ -159,20 +146,20 @@ def _reduce_window_pool(x, kind, window, stride, pads):
 
 
 def window_pool(x, kind, window, stride=None, padding="VALID", count_include_pad=True, *,
-                where="pool"):
+                context="pool"):
     """Shared body of the windowed pools; ``kind`` is ``"max"``, ``"min"`` or ``"avg"``.
 
-    ``where`` names the caller in error messages (a layer passes its own name).
+    ``context`` names the caller in error messages (a layer passes its own name).
     Max/min pools whose windows tile the input (``tiled_pool_applies``) take a
     strided-slice path with the same values and derivatives as
     ``lax.reduce_window`` (including ties: the first extreme element of a
     window in row-major order gets its gradient); the others use
     ``lax.reduce_window``.
     """
-    if kind not in ("max", "min", "avg"):
-        raise ValueError(f"{where}: kind must be 'max', 'min' or 'avg', got {kind!r}")
+    choice(kind, "kind", ("max", "min", "avg"), context=context)
     x = jnp.asarray(x)
-    window, stride, pads, out_shape = pool_geometry(x.shape, window, stride, padding, where=where)
+    window, stride, pads, out_shape = pool_geometry(x.shape, window, stride, padding,
+                                                    context=context)
     dims, strides = (1, *window, 1), (1, *stride, 1)
     full_pads = ((0, 0), *pads, (0, 0))
     if kind in ("max", "min"):
@@ -207,12 +194,12 @@ def max_pool(x: Any, window: Any, stride: Any = None, padding: Padding = "VALID"
     Returns:
       ``(N, *out_spatial, C)`` with ``out = floor((n + low + high - window) / stride) + 1``.
     """
-    return window_pool(x, "max", window, stride, padding, True, where="max_pool")
+    return window_pool(x, "max", window, stride, padding, True, context="max_pool")
 
 
 def min_pool(x: Any, window: Any, stride: Any = None, padding: Padding = "VALID") -> Any:
     """Min over each window; arguments and shapes as in ``max_pool``."""
-    return window_pool(x, "min", window, stride, padding, True, where="min_pool")
+    return window_pool(x, "min", window, stride, padding, True, context="min_pool")
 
 
 def avg_pool(x: Any, window: Any, stride: Any = None, padding: Padding = "VALID",
@@ -226,17 +213,16 @@ def avg_pool(x: Any, window: Any, stride: Any = None, padding: Padding = "VALID"
 
     Integer inputs give float32 results; sums are accumulated in at least float32.
     """
-    if not isinstance(count_include_pad, bool):
-        raise TypeError(f"avg_pool: count_include_pad must be a bool, got {count_include_pad!r}")
-    return window_pool(x, "avg", window, stride, padding, count_include_pad, where="avg_pool")
+    boolean(count_include_pad, "count_include_pad", context="avg_pool")
+    return window_pool(x, "avg", window, stride, padding, count_include_pad, context="avg_pool")
 
 
-def global_pool(x, kind, keepdims=False, *, where="global_pool"):
+def global_pool(x, kind, keepdims=False, *, context="global_pool"):
     """Shared body of the global pools (``kind``: ``"max"`` or ``"avg"``)."""
-    if kind not in ("max", "avg"):
-        raise ValueError(f"{where}: kind must be 'max' or 'avg', got {kind!r}")
+    choice(kind, "kind", ("max", "avg"), context=context)
+    boolean(keepdims, "keepdims", context=context)
     x = jnp.asarray(x)
-    check_spatial_rank(x.shape, where)
+    check_spatial_rank(x.shape, context)
     axes = tuple(range(1, x.ndim - 1))
     if kind == "max":
         return jnp.max(x, axis=axes, keepdims=keepdims)
@@ -247,40 +233,42 @@ def global_pool(x, kind, keepdims=False, *, where="global_pool"):
 
 def global_avg_pool(x: Any, keepdims: bool = False) -> Any:
     """Mean over all spatial axes: ``(N, *spatial, C) -> (N, C)`` (or ``(N, 1, ..., 1, C)``)."""
-    return global_pool(x, "avg", keepdims, where="global_avg_pool")
+    return global_pool(x, "avg", keepdims, context="global_avg_pool")
 
 
 def global_max_pool(x: Any, keepdims: bool = False) -> Any:
     """Max over all spatial axes: ``(N, *spatial, C) -> (N, C)`` (or ``(N, 1, ..., 1, C)``)."""
-    return global_pool(x, "max", keepdims, where="global_max_pool")
+    return global_pool(x, "max", keepdims, context="global_max_pool")
+
+
+def check_output_size(output_size: Any, context: str) -> Any:
+    """Checks an adaptive pool's ``output_size`` before the number of dimensions is known.
+
+    A positive int (every spatial dimension), or a sequence of positive ints
+    and ``None`` (keep that dimension's size), one entry per spatial dimension.
+    """
+    sequence = isinstance(output_size, Sequence) and not isinstance(output_size, str)
+    items = tuple(output_size) if sequence else (output_size,)
+    if not items or not all(s is None or (is_int(s) and s > 0) for s in items):
+        raise ValueError(
+            f"{context}: output_size must be positive ints or None (an int for every spatial "
+            f"dimension, or one entry per dimension), got {output_size!r}")
+    return items if sequence else output_size
 
 
 def adaptive_output_shape(input_shape: Sequence[int], output_size: Any, *,
-                          where: str = "adaptive_pool") -> tuple[int, ...]:
+                          context: str = "adaptive_pool") -> tuple[int, ...]:
     """``(N, *spatial, C) -> (N, *output_size, C)``; ``None`` entries keep the input size."""
     shape = tuple(input_shape)
-    nd = check_spatial_rank(shape, where)
-    if isinstance(output_size, int) or output_size is None:
-        sizes = (output_size,) * nd
-    elif isinstance(output_size, Sequence) and not isinstance(output_size, str):
-        sizes = tuple(output_size)
-        if len(sizes) != nd:
-            raise ValueError(
-                f"{where}: output_size must be an int or a sequence of {nd} sizes for a "
-                f"{nd}-D input (shape {shape}), got {output_size!r}")
-    else:
-        raise TypeError(f"{where}: output_size must be an int or a sequence of ints, "
-                        f"got {output_size!r}")
-    out = []
-    for s, n in zip(sizes, shape[1:-1]):
-        if s is None:
-            out.append(n)
-        elif not isinstance(s, int) or isinstance(s, bool) or s <= 0:
-            raise ValueError(f"{where}: output_size entries must be positive ints (or None), "
-                             f"got {output_size!r}")
-        else:
-            out.append(s)
-    return (shape[0], *out, shape[-1])
+    nd = check_spatial_rank(shape, context)
+    sizes = check_output_size(output_size, context)
+    if not isinstance(sizes, tuple):
+        sizes = (sizes,) * nd
+    if len(sizes) != nd:
+        raise ValueError(
+            f"{context}: output_size must be an int or a sequence of {nd} sizes for a "
+            f"{nd}-D input (shape {shape}), got {output_size!r}")
+    return (shape[0], *(n if s is None else s for s, n in zip(sizes, shape[1:-1])), shape[-1])
 
 
 def adaptive_bins(n: int, out: int) -> tuple[np.ndarray, np.ndarray]:
@@ -289,12 +277,11 @@ def adaptive_bins(n: int, out: int) -> tuple[np.ndarray, np.ndarray]:
     return (i * n) // out, -((-(i + 1) * n) // out)
 
 
-def adaptive_pool(x, output_size, kind, *, where="adaptive_pool"):
+def adaptive_pool(x, output_size, kind, *, context="adaptive_pool"):
     """Shared body of the adaptive pools (``kind``: ``"max"`` or ``"avg"``)."""
-    if kind not in ("max", "avg"):
-        raise ValueError(f"{where}: kind must be 'max' or 'avg', got {kind!r}")
+    choice(kind, "kind", ("max", "avg"), context=context)
     x = jnp.asarray(x)
-    out_shape = adaptive_output_shape(x.shape, output_size, where=where)
+    out_shape = adaptive_output_shape(x.shape, output_size, context=context)
     if kind == "avg":
         out_dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
         x = x.astype(jnp.promote_types(out_dtype, jnp.float32))
@@ -331,9 +318,9 @@ def adaptive_avg_pool(x: Any, output_size: Any) -> Any:
     Returns:
       ``(N, *output_size, C)``.
     """
-    return adaptive_pool(x, output_size, "avg", where="adaptive_avg_pool")
+    return adaptive_pool(x, output_size, "avg", context="adaptive_avg_pool")
 
 
 def adaptive_max_pool(x: Any, output_size: Any) -> Any:
     """Max over PyTorch's adaptive bins; arguments and shapes as in ``adaptive_avg_pool``."""
-    return adaptive_pool(x, output_size, "max", where="adaptive_max_pool")
+    return adaptive_pool(x, output_size, "max", context="adaptive_max_pool")
