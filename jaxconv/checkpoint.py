@@ -417,12 +417,13 @@ def _parse_header(path: str, raw: bytes) -> tuple[dict, dict[str, _Entry], int]:
         raise _error(path, f"is not a readable safetensors file: its header is {_describe(header)}")
     entries = {}
     for name, spec in header.items():
-        problem = None if name == "__metadata__" else _entry_problem(spec)
+        if name == "__metadata__":  # checked once the checksum has held (see _header_strings)
+            continue
+        problem = _entry_problem(spec)
         if problem:
             raise _error(path, f"is not a readable safetensors file: entry {name!r} {problem}")
-        if name != "__metadata__":
-            entries[name] = _Entry(np.dtype(_DTYPES[spec["dtype"]]), tuple(spec["shape"]),
-                                   *spec["data_offsets"])
+        entries[name] = _Entry(np.dtype(_DTYPES[spec["dtype"]]), tuple(spec["shape"]),
+                               *spec["data_offsets"])
     size = 0
     for name, entry in sorted(entries.items(), key=lambda item: (item[1].begin, item[1].end)):
         if entry.begin != size:
@@ -430,7 +431,6 @@ def _parse_header(path: str, raw: bytes) -> tuple[dict, dict[str, _Entry], int]:
                                f"byte {entry.begin}, expected {size} (overlapping entries or a gap)")
         size = entry.end
     return header, entries, size
-
 
 
 def _read_into(f, path: str, view: memoryview) -> None:
@@ -509,7 +509,8 @@ def _read(path: str) -> _Contents:
     at = _checksum_at(data, header_size)
     verified = at is not None
     if verified and _file_digest(data, at) != data[at:at + len(_UNSET_CHECKSUM)]:
-        raise _error(path, "is corrupt: it fails its SHA-256 checksum (the file changed after it was written)")
+        raise _error(path, "is corrupt: it fails its SHA-256 checksum (the file changed after it "
+                           "was written)")
     strings = _header_strings(path, header, verified)
     arrays = _arrays(data, entries, 8 + header_size)
     if not verified and strings.get("sha256") != _tensor_digest(arrays):

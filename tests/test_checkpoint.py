@@ -266,7 +266,7 @@ def test_save_checkpoint_keeps_last_k(tmp_path):
     d = str(tmp_path / "ckpts")
     tree = {"w": jnp.ones(3)}
     for step in (5, 10, 15, 20):
-        ckpt.save_checkpoint(d, step, jax.tree.map(lambda x: x * step, tree), keep=2)
+        ckpt.save_checkpoint(d, step, jax.tree.map(lambda x, step=step: x * step, tree), keep=2)
     assert [s for s, _ in ckpt.list_checkpoints(d)] == [15, 20]
     latest = ckpt.latest_checkpoint(d)
     assert latest.endswith("ckpt-000000020.safetensors")

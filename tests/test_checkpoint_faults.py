@@ -339,7 +339,7 @@ def test_non_regular_files_named_like_checkpoints(tmp_path):
                         ("device", "is a symbolic link to a character device"),
                         ("dangling", "cannot read")):
         path = paths[kind]
-        error = read_in_thread(lambda: ckpt.load(path, tree()), paths["FIFO"])
+        error = read_in_thread(lambda path=path: ckpt.load(path, tree()), paths["FIFO"])
         assert isinstance(error, ckpt.CheckpointError) and not isinstance(error, ckpt.CorruptCheckpointError)
         assert path in str(error) and words in str(error), str(error)
         assert not ckpt.is_complete(path)

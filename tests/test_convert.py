@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.torch_ref import import_torch
 import jaxconv as jc
 from jaxconv import convert
 from jaxconv.models import mnist_cnn
+from tests.torch_ref import import_torch
 
 
 @pytest.fixture(autouse=True)
