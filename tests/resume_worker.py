@@ -25,7 +25,8 @@ def main() -> int:
     import jaxconv as jc
     from jaxconv import checkpoint as ckpt
     from jaxconv.data import augmentation
-    from jaxconv.train import fit, make_optimizer
+    from jaxconv.recipes import make_optimizer
+    from jaxconv.train import fit
 
     writes = {"n": 0, "step": None}
     real_save_checkpoint = ckpt.save_checkpoint

@@ -83,7 +83,7 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys):
     assert "missing train-images-idx3-ubyte.gz" in capsys.readouterr().err
     for flag in ("--steps-per-call", "--batch-size", "--microbatches"):
         assert main(["train", flag, "0", "--out", str(tmp_path)]) == 2
-        assert f"{flag} must be >= 1, got 0" in capsys.readouterr().err
+        assert f"jaxconv train: {flag} must be an int >= 1, got 0" in capsys.readouterr().err
     assert main(["train", "--microbatches", "3", "--out", str(tmp_path)]) == 2
     assert "--microbatches 3 must divide --batch-size 64" in capsys.readouterr().err
     with pytest.raises(SystemExit):

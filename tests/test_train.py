@@ -11,8 +11,8 @@ import pytest
 import jaxconv as jc
 from jaxconv import checkpoint as ckpt
 from jaxconv.data import augmentation
-from jaxconv.train import (NonFiniteLossError, fit, learning_rate_schedule, make_optimizer, predict,
-                           with_augmentation)
+from jaxconv.recipes import learning_rate_schedule, make_optimizer
+from jaxconv.train import NonFiniteLossError, fit, predict, with_augmentation
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.random((96, 6, 6, 1), dtype=np.float32)
@@ -168,7 +168,7 @@ def test_schedules_and_optimizer_factory():
         learning_rate_schedule("step", 1.0, 10)
     with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'; expected one of \\('sgd', 'adam', 'adamw'\\)"):
         make_optimizer("rmsprop", 0.1)
-    with pytest.raises(ValueError, match="lr must be > 0, got 0"):
+    with pytest.raises(ValueError, match="make_optimizer: lr must be a number > 0, got 0"):
         make_optimizer("adam", 0)
     for name in ("sgd", "adam", "adamw"):
         opt = make_optimizer(name, 0.1, weight_decay=0.01)
@@ -178,7 +178,7 @@ def test_schedules_and_optimizer_factory():
 
 
 def test_fit_argument_errors():
-    with pytest.raises(ValueError, match="checkpoint_every must be an int >= 1 or None, got 0"):
+    with pytest.raises(ValueError, match="fit: checkpoint_every must be an int >= 1, got 0"):
         fit(tiny_model(), optax.sgd(0.1), TRAIN, checkpoint_every=0, checkpoint_dir="x")
     with pytest.raises(ValueError, match="resume=True needs checkpoint_dir"):
         fit(tiny_model(), optax.sgd(0.1), TRAIN, resume=True)
@@ -238,7 +238,7 @@ def test_microbatches_errors_and_batch_statistics():
         with pytest.raises(ValueError, match=f"microbatches must be an int >= 1, got {bad!r}"):
             jc.make_train_step(model, opt, microbatches=bad)
     step = jc.make_train_step(model, opt, microbatches=4)
-    with pytest.raises(ValueError, match="microbatches=4 must divide the batch size, got a batch of 10"):
+    with pytest.raises(ValueError, match="microbatched: microbatches=4 must divide the batch size, got a batch of 10"):
         step(ts, (IMAGES[:10], LABELS[:10]))
     # BatchNorm sees each micro-batch alone: its running state takes 4 updates, not 1.
     new, _ = step(jax.tree_util.tree_map(jnp.copy, ts), (IMAGES[:16], LABELS[:16]))

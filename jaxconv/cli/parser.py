@@ -1,0 +1,163 @@
+"""The command line's argument table and the checks of the values it parses."""
+
+from __future__ import annotations
+
+import argparse
+
+from jaxconv.cli.tools import cmd_bench, cmd_summary, cmd_verify
+from jaxconv.cli.training import DEFAULT_AUGMENT, cmd_evaluate, cmd_train
+from jaxconv.data import parse_augment
+from jaxconv.models import MODELS
+from jaxconv.recipes import OPTIMIZERS, SCHEDULES
+from jaxconv.rundir import check_output_dir
+from jaxconv.train import MAX_SEED
+from jaxconv.validate import integer, number
+
+# The int options of each command: (dest, minimum, maximum); None means "not given" and is not checked.
+INT_OPTIONS = {
+    "train": (("epochs", 1, None), ("batch_size", 1, None), ("seed", 0, MAX_SEED),
+              ("steps_per_call", 1, None), ("microbatches", 1, None), ("checkpoint_every", 1, None),
+              ("keep", 1, None), ("devices", 1, None), ("num_processes", 1, None), ("process_id", 0, None)),
+    "summary": (("num_classes", 1, None),),
+    "verify": (("cases", 1, None), ("seed", 0, MAX_SEED)),
+    "bench": (("rounds", 1, None),),
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line on stderr (exit status 2), without the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _check_train_args(args: argparse.Namespace) -> None:
+    """The values of ``jaxconv train`` that are not plain counts, and its output directory."""
+    context = "jaxconv train"
+    number(args.lr, "--lr", context=context, minimum=0, exclusive_minimum=True)
+    number(args.weight_decay, "--weight-decay", context=context, minimum=0)
+    number(args.label_smoothing, "--label-smoothing", context=context, minimum=0, maximum=1,
+           exclusive_maximum=True)
+    if args.batch_size % args.microbatches:
+        raise ValueError(f"{context}: --microbatches {args.microbatches} must divide --batch-size "
+                         f"{args.batch_size}")
+    if args.process_id is not None and args.num_processes is not None and args.process_id >= args.num_processes:
+        raise ValueError(f"{context}: --process-id must be < --num-processes {args.num_processes}, "
+                         f"got {args.process_id}")
+    spec = DEFAULT_AUGMENT[args.dataset] if args.augment == "auto" else args.augment
+    try:
+        parse_augment(spec)
+    except ValueError as e:
+        raise ValueError(f"{context}: --augment: {e}") from None
+    check_output_dir(args.out, context=f"{context}: --out")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Checks every value of the parsed command line, before anything runs.
+
+    Raises:
+      ValueError: one line, ``jaxconv train: --epochs must be an int >= 1, got 0``.
+    """
+    context = f"jaxconv {args.command}"
+    for dest, minimum, maximum in INT_OPTIONS.get(args.command, ()):
+        value = getattr(args, dest)
+        if value is not None:
+            flag = "--" + dest.replace("_", "-")
+            integer(value, flag, context=context, minimum=minimum, maximum=maximum)
+    if args.command == "train":
+        _check_train_args(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument table of every command (each sets ``func``, the function that runs it)."""
+    parser = OneLineParser(prog="jaxconv", description="jaxconv: train, evaluate, inspect, verify and "
+                                                       "benchmark convolutional networks in JAX")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model (default: digits_cnn on digits)")
+    train.add_argument("--dataset", default="digits", choices=["digits", "mnist", "fashion_mnist", "cifar10"])
+    train.add_argument("--data-dir", default=None,
+                       help="directory with the data set files (default $JAXCONV_DATA or ./data)")
+    train.add_argument("--model", default="digits_cnn", choices=sorted(MODELS))
+    train.add_argument("--optimizer", default="adamw", choices=list(OPTIMIZERS))
+    train.add_argument("--lr", type=float, default=3e-3, help="(peak) learning rate, > 0")
+    train.add_argument("--schedule", default="onecycle", choices=list(SCHEDULES))
+    train.add_argument("--weight-decay", type=float, default=1e-4, help=">= 0")
+    train.add_argument("--label-smoothing", type=float, default=0.1, help="in [0, 1)")
+    train.add_argument("--augment", default="auto",
+                       help="'auto' (per data set), 'none', or a comma list of crop:P and flip")
+    train.add_argument("--epochs", type=int, default=None, help="default 30 on digits, else 10")
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--seed", type=int, default=0, help=f"an int in [0, {MAX_SEED}] (2**32 - 1)")
+    train.add_argument("--impl", default="auto", choices=["auto", "lax", "patches"],
+                       help="convolution implementation (default: auto, per backend and shape)")
+    train.add_argument("--steps-per-call", type=int, default=1, metavar="K",
+                       help="optimizer steps per compiled call (default 1)")
+    train.add_argument("--microbatches", type=int, default=1, metavar="M",
+                       help="split each batch into M micro-batches inside the step, one "
+                            "update from their mean gradient (default 1; see make_train_step)")
+    train.add_argument("--out", default="runs/latest",
+                       help="output directory; it belongs to one run (see --resume, --overwrite)")
+    train.add_argument("--checkpoint-every", type=int, default=None,
+                       help="also checkpoint every N steps (always at the end of each epoch)")
+    train.add_argument("--keep", type=int, default=3, help="number of newest checkpoints kept")
+    owner = train.add_mutually_exclusive_group()
+    owner.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its newest complete checkpoint "
+                            "(with the options it was started with)")
+    owner.add_argument("--overwrite", action="store_true",
+                       help="replace the run in --out: delete the files jaxconv wrote there first")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
+    scale = train.add_argument_group(
+        "devices and hosts", "data-parallel training over a device mesh; the multi-host settings "
+        "default to the environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID")
+    scale.add_argument("--devices", type=int, default=None, metavar="N",
+                       help="train on N devices (default: all; the batch must divide by N)")
+    scale.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                       help="address of process 0 of a multi-host run")
+    scale.add_argument("--num-processes", type=int, default=None, metavar="P",
+                       help="number of processes of a multi-host run")
+    scale.add_argument("--process-id", type=int, default=None, metavar="I",
+                       help="this process's index in [0, P)")
+    scale.add_argument("--auto-distributed", action="store_true",
+                       help="let JAX detect the cluster (Cloud TPU pod slice, SLURM, Open MPI, Kubernetes)")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="reload a training run and report its test accuracy")
+    evaluate.add_argument("--out", default="runs/latest", help="the run's output directory")
+    evaluate.add_argument("--data-dir", default=None, help="directory with the data set files")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    summ = sub.add_parser("summary", help="print a model's layers, shapes, parameter counts "
+                                          "and multiply-adds")
+    summ.add_argument("model", choices=sorted(MODELS))
+    summ.add_argument("--input-shape", default=None,
+                      help="input shape without the batch, e.g. 32,32,3 (default: the model's)")
+    summ.add_argument("--num-classes", type=int, default=10)
+    summ.add_argument("--impl", default="auto", choices=["auto", "lax", "patches"],
+                      help="convolution implementation; does not change the counts")
+    summ.set_defaults(func=cmd_summary)
+
+    verify = sub.add_parser(
+        "verify", help="check impl='patches' against impl='lax' on random convolutions")
+    verify.add_argument("--cases", type=int, default=100, help="number of random configurations")
+    verify.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    verify.add_argument("--seed", type=int, default=0, help=f"an int in [0, {MAX_SEED}]")
+    verify.add_argument("--quiet", action="store_true", help="no progress lines")
+    verify.set_defaults(func=cmd_verify)
+
+    bench = sub.add_parser("bench", help="time the convolution implementations side by side "
+                                         "on this machine (forward, forward+backward)")
+    bench.add_argument("--impls", default="lax,patches,auto",
+                       help="comma-separated implementations; the first is the baseline")
+    bench.add_argument("--mode", default="both", choices=["fwd", "fwd+bwd", "both"])
+    bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    bench.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    bench.add_argument("--shape", action="append", default=None, metavar="N,H,CIN,COUT[,K[,PAD[,S]]]",
+                       help="a layer to time (repeatable); default: the MNIST CNN's layers "
+                            "and 64-256 channel layers")
+    bench.add_argument("--quick", action="store_true", help="tiny shapes, a smoke test")
+    bench.add_argument("--quiet", action="store_true", help="only the table")
+    bench.set_defaults(func=cmd_bench)
+    return parser

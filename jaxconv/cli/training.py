@@ -1,0 +1,196 @@
+"""``jaxconv train`` and ``jaxconv evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+
+from jaxconv import checkpoint as ckpt
+from jaxconv import distributed, rundir, viz
+from jaxconv.data import Dataset, batches_per_epoch, load_dataset, parse_augment
+from jaxconv.losses import cross_entropy
+from jaxconv.models import get_model
+from jaxconv.recipes import make_optimizer
+from jaxconv.train import NonFiniteLossError, create_train_state, evaluate, fit, predict
+
+DEFAULT_AUGMENT = {"digits": "crop:1", "mnist": "crop:2", "fashion_mnist": "crop:2,flip",
+                   "cifar10": "crop:4,flip"}
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Writes JSON through a temporary file, fsync and a rename: never a half-written file."""
+    ckpt.write_atomic(path, json.dumps(obj, indent=2).encode())
+
+
+def build_run(config: dict) -> tuple[Any, Any, Any]:
+    """Model, optimizer and loss of a run from its config (shared by train and evaluate)."""
+    model = get_model(config["model"], num_classes=config["num_classes"], impl=config.get("impl", "auto"))
+    optimizer = make_optimizer(config["optimizer"], config["lr"], schedule=config["schedule"],
+                               total_steps=config["total_steps"], weight_decay=config["weight_decay"])
+    smoothing = config["label_smoothing"]
+    loss_fn = functools.partial(cross_entropy, label_smoothing=smoothing) if smoothing else cross_entropy
+    return model, optimizer, loss_fn
+
+
+def run_config(args: argparse.Namespace, data: Dataset) -> dict:
+    """The options of a training run, as stored in its checkpoints and ``metrics.json``."""
+    epochs = args.epochs if args.epochs is not None else (30 if data.name == "digits" else 10)
+    return {
+        "dataset": data.name, "model": args.model, "num_classes": data.num_classes,
+        "input_shape": list(data.input_shape), "optimizer": args.optimizer, "lr": args.lr,
+        "schedule": args.schedule, "weight_decay": args.weight_decay,
+        "label_smoothing": args.label_smoothing,
+        "augment": DEFAULT_AUGMENT[data.name] if args.augment == "auto" else args.augment,
+        "epochs": epochs, "batch_size": args.batch_size, "seed": args.seed, "impl": args.impl,
+        "steps_per_call": args.steps_per_call, "microbatches": args.microbatches,
+        "total_steps": epochs * args.steps_per_call * batches_per_epoch(
+            len(data.train.labels), args.batch_size, args.steps_per_call),
+    }
+
+
+def write_plots(out: str, model, params, state, history, test, num_classes: int) -> list[str]:
+    """Writes the four PNGs of a run to ``out``; returns their paths."""
+    paths = [viz.plot_history(history, os.path.join(out, rundir.PLOTS["history"]))]
+    try:
+        _, kernel = viz.first_conv(model, params)
+        if kernel.ndim == 4:
+            paths.append(viz.plot_filters(kernel, os.path.join(out, rundir.PLOTS["filters"])))
+            paths.append(viz.plot_feature_maps(model, params, state, test.images[0],
+                                               os.path.join(out, rundir.PLOTS["feature_maps"]),
+                                               label=int(test.labels[0])))
+    except ValueError as e:  # a model without a (top-level, 2-D) convolution
+        print(f"skipping the filter plots: {e}")
+    predictions = predict(model, params, state, test.images)
+    matrix = viz.confusion_matrix(test.labels, predictions, num_classes)
+    paths.append(viz.plot_confusion(matrix, os.path.join(out, rundir.PLOTS["confusion"])))
+    return paths
+
+
+def setup_devices(args: argparse.Namespace):
+    """Joins a multi-process run if asked (before anything touches a device); returns the mesh.
+
+    The mesh spans ``--devices`` devices (default: all of them, over all processes);
+    ``None`` for a single device.
+    """
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                           auto=args.auto_distributed)
+    if args.devices is None and jax.device_count() == 1:
+        return None
+    if args.devices == 1 and jax.process_count() == 1:
+        return None
+    mesh = distributed.data_mesh(args.devices)
+    distributed.check_batch_size(args.batch_size, mesh, context="--batch-size")
+    return mesh
+
+
+def check_resume_config(checkpoint_dir: str, config: dict) -> None:
+    """Refuses to resume a run with options that differ from those it was started with."""
+    for _, path in reversed(ckpt.list_checkpoints(checkpoint_dir)):
+        try:
+            old = ckpt.read_metadata(path).get("config", {})
+            break
+        except ckpt.CorruptCheckpointError:  # fit skips it too
+            continue
+    else:
+        return
+    changed = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in config.items() if k in old and old[k] != v]
+    if changed:
+        raise ValueError(f"--resume: {path} was written with other options ({'; '.join(changed)}); "
+                         "use the same options or another --out")
+
+
+@contextlib.contextmanager
+def owned_run_directory(args: argparse.Namespace) -> Iterator[list[str]]:
+    """Holds ``--out`` for this run (process 0, which writes there); yields the paths ``--overwrite`` removed."""
+    if not distributed.is_primary():
+        yield []
+        return
+    with rundir.locked(args.out, context="--out"):
+        yield rundir.claim(args.out, resume=args.resume, overwrite=args.overwrite, context="--out")
+
+
+def _header(args: argparse.Namespace, config: dict, data: Dataset, mesh) -> str:
+    devices = 1 if mesh is None else mesh.devices.size
+    return (f"jaxconv train: {args.model} on {data.name} "
+            f"({len(data.train.labels)} train / {len(data.test.labels)} test), {config['epochs']} epochs, "
+            f"batch {args.batch_size}, {args.optimizer} lr {args.lr} ({args.schedule}), "
+            f"label smoothing {args.label_smoothing}, augment {config['augment']}, seed {args.seed}, "
+            f"conv impl {args.impl}, {args.steps_per_call} step(s) per call, "
+            f"{args.microbatches} micro-batch(es) per step, "
+            f"backend {jax.default_backend()}, {devices} device(s), {jax.process_count()} process(es)")
+
+
+def _write_outputs(args: argparse.Namespace, config: dict, model, state, history, data: Dataset) -> None:
+    """``metrics.json`` and the plots of a finished run (process 0)."""
+    final = history[-1]
+    print(f"final test accuracy: {final['test_accuracy']:.4f}")
+    metrics_path = os.path.join(args.out, rundir.METRICS_FILE)
+    write_json_atomic(metrics_path, {
+        "config": config, "history": history, "final_test_accuracy": final["test_accuracy"],
+        "final_test_loss": final["test_loss"],
+        "checkpoint": ckpt.latest_checkpoint(os.path.join(args.out, rundir.CHECKPOINTS)),
+    })
+    print(f"wrote {metrics_path}")
+    if not args.no_plots:
+        for path in write_plots(args.out, model, state.params, state.state, history, data.test,
+                                data.num_classes):
+            print(f"wrote {path}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    mesh = setup_devices(args)
+    say = print if distributed.is_primary() else (lambda *a, **k: None)
+    with owned_run_directory(args) as removed:
+        if removed:
+            say(f"--overwrite: removed {len(removed)} file(s) of the previous run in {args.out}")
+        data = load_dataset(args.dataset, args.data_dir)
+        config = run_config(args, data)
+        model, optimizer, loss_fn = build_run(config)
+        say(_header(args, config, data, mesh))
+        checkpoint_dir = os.path.join(args.out, rundir.CHECKPOINTS)
+        if args.resume:
+            check_resume_config(checkpoint_dir, config)
+        try:
+            state, history = fit(model, optimizer, data.train, test=data.test, epochs=config["epochs"],
+                                 batch_size=args.batch_size, loss_fn=loss_fn, seed=args.seed,
+                                 steps_per_call=args.steps_per_call, microbatches=args.microbatches,
+                                 progress=not args.no_progress, augment=parse_augment(config["augment"]),
+                                 checkpoint_dir=checkpoint_dir, checkpoint_every=args.checkpoint_every,
+                                 keep=args.keep, resume=args.resume, metadata={"config": config}, mesh=mesh)
+        except NonFiniteLossError as e:
+            print(f"jaxconv train: {e}", file=sys.stderr)
+            return 1
+        state = distributed.fetch(state)  # host copies: the plots below run on process 0 alone
+        if distributed.is_primary():  # process 0 reports and writes the outputs
+            _write_outputs(args, config, model, state, history, data)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    checkpoint_dir = os.path.join(args.out, rundir.CHECKPOINTS)
+    path = ckpt.latest_checkpoint(checkpoint_dir)
+    if path is None:
+        print(f"jaxconv evaluate: no checkpoint in {checkpoint_dir} (run `jaxconv train --out {args.out}`)",
+              file=sys.stderr)
+        return 1
+    config = ckpt.read_metadata(path).get("config")
+    if config is None:
+        print(f"jaxconv evaluate: {path} has no run config (not written by `jaxconv train`)", file=sys.stderr)
+        return 1
+    model, optimizer, loss_fn = build_run(config)
+    like = create_train_state(model, jax.random.PRNGKey(0), tuple(config["input_shape"]), optimizer)
+    ts = ckpt.load(path, like)
+    data = load_dataset(config["dataset"], args.data_dir)
+    result = evaluate(model, ts.params, ts.state, data.test, loss_fn=loss_fn)
+    print(f"{path}: step {int(ts.step)}, {config['model']} on {config['dataset']}: "
+          f"test loss {result['loss']:.4f}, test accuracy {result['accuracy']:.4f} "
+          f"({len(data.test.labels)} examples)")
+    return 0

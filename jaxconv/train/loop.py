@@ -1,0 +1,451 @@
+"""``fit``: the training loop, which orchestrates small parts.
+
+- ``plan_run``: the argument checks, and the fixed shape of a run (``Plan``);
+- ``Checkpointer``: writes a run's checkpoints and finds the one to resume from;
+- ``EpochMetrics``: the running per-step loss and accuracy of an epoch;
+- ``run_epoch`` and ``end_epoch``: one pass over the shuffled data, then the
+  epoch's record (test metrics, checkpoint, log line).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from jaxconv import checkpoint as ckpt
+from jaxconv import rundir
+from jaxconv.core import Layer, PyTree
+from jaxconv.data import Split, batches_per_epoch, epoch_batches
+from jaxconv.distributed import barrier, check_batch_size, check_mesh, fetch, is_primary, replicate, shard_batch
+from jaxconv.losses import cross_entropy
+from jaxconv.train.evaluate import evaluate_batches, make_eval_step
+from jaxconv.train.inputs import check_labels, check_same_shape, check_split, output_classes
+from jaxconv.train.state import TrainState, create_train_state
+from jaxconv.train.step import LossFn, make_train_step, with_augmentation
+from jaxconv.validate import boolean, integer
+
+# Seeds are ints in [0, MAX_SEED]: JAX's default keys hold 32 bits, and larger
+# seeds would alias smaller ones (2**32 and 0 give the same key).
+MAX_SEED = 2**32 - 1
+# The fields of a Plan that a checkpoint must match to be resumed.
+RESUME_FIELDS = ("seed", "batch_size", "steps_per_call", "microbatches", "n_train")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a non-finite loss or non-finite parameters."""
+
+
+class Plan(NamedTuple):
+    """The fixed shape of a run (stored in its checkpoints as ``metadata["fit"]``)."""
+
+    seed: int
+    batch_size: int
+    steps_per_call: int
+    microbatches: int
+    n_train: int
+    epochs: int
+
+    @property
+    def items_per_epoch(self) -> int:
+        """Compiled calls per epoch (the last incomplete batch is dropped)."""
+        return batches_per_epoch(self.n_train, self.batch_size, self.steps_per_call)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.items_per_epoch * self.steps_per_call
+
+
+def plan_run(*, n_train: int, epochs: Any, batch_size: Any, seed: Any, steps_per_call: Any,
+             microbatches: Any, mesh: Mesh | None) -> Plan:
+    """Checks the schedule arguments of ``fit`` and returns the run's ``Plan``.
+
+    Raises:
+      ValueError: a count below 1, a seed outside ``[0, MAX_SEED]``, ``microbatches``
+        not dividing ``batch_size``, a batch larger than the data, or a batch
+        that does not split over the mesh's ``"data"`` axis.
+    """
+    plan = Plan(integer(seed, "seed", context="fit", minimum=0, maximum=MAX_SEED),
+                integer(batch_size, "batch_size", context="fit", minimum=1),
+                integer(steps_per_call, "steps_per_call", context="fit", minimum=1),
+                integer(microbatches, "microbatches", context="fit", minimum=1), n_train,
+                integer(epochs, "epochs", context="fit", minimum=1))
+    if plan.batch_size % plan.microbatches:
+        raise ValueError(f"fit: microbatches={plan.microbatches} must divide batch_size={plan.batch_size}")
+    if mesh is not None:
+        check_batch_size(plan.batch_size, check_mesh(mesh, context="fit"), context="fit")
+    if plan.items_per_epoch < 1:
+        raise ValueError(f"fit: batch_size * steps_per_call = {plan.batch_size * plan.steps_per_call} "
+                         f"exceeds the {n_train} training examples")
+    return plan
+
+
+def _all_finite(tree: PyTree) -> bool:
+    """Whether every float leaf of the (replicated) ``tree`` is finite, checked on the host.
+
+    NumPy on host copies: no compilation per leaf shape, as eager JAX ops would need.
+    """
+    return all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(fetch(tree))
+               if jnp.issubdtype(x.dtype, jnp.inexact))
+
+
+class Checkpointer:
+    """Writes a run's checkpoints to one directory and finds the newest intact one to resume from.
+
+    Only process 0 writes (the replicated state is the same on every process);
+    with a mesh, every process waits after a write so that others may read it.
+    Retention keeps the newest ``keep`` checkpoints up to the one just written
+    (``rundir.prune_checkpoints``).
+
+    Attributes:
+      last: the newest checkpoint written or resumed from (``None`` before).
+    """
+
+    def __init__(self, directory: str, plan: Plan, *, every: int | None, keep: int | None,
+                 metadata: dict | None, mesh: Mesh | None):
+        self.directory, self.plan, self.every, self.keep = directory, plan, every, keep
+        self.metadata, self.mesh = dict(metadata or {}), mesh
+        self.last: str | None = None
+
+    def restore(self, like: TrainState, log: Callable[[str], None] | None) -> tuple[TrainState, dict] | None:
+        """``(train_state, metadata["fit"])`` of the newest checkpoint that reads back intact, or ``None``.
+
+        Corrupt checkpoints are skipped (and logged); the first intact one must
+        have been written with this run's ``RESUME_FIELDS``.
+        """
+        ckpt.remove_stale_temporaries(self.directory)
+        for _, path in reversed(ckpt.list_checkpoints(self.directory)):
+            try:
+                loaded, meta = ckpt.load_with_metadata(path, like)
+            except ckpt.CorruptCheckpointError as e:
+                if log is not None:
+                    log(f"skipping {e}")
+                continue
+            info = meta.get("fit", {})
+            for name in RESUME_FIELDS:
+                if name in info and info[name] != getattr(self.plan, name):
+                    raise ValueError(f"fit: cannot resume from {path}: it was written with {name}="
+                                     f"{info[name]!r}, this run has {name}={getattr(self.plan, name)!r}")
+            self.last = path
+            return loaded, info
+        return None
+
+    def due(self, step: int) -> bool:
+        """Whether the call that reached ``step`` crossed a multiple of ``every`` (mid-epoch checkpoints)."""
+        return self.every is not None and step // self.every > (step - self.plan.steps_per_call) // self.every
+
+    def save(self, train_state: TrainState, step: int, progress: dict[str, Any]) -> None:
+        """Writes ``train_state`` with ``progress`` (``epochs_done``, ``history``, ``partial``).
+
+        Raises:
+          NonFiniteLossError: the parameters are not finite (nothing is written).
+        """
+        if not _all_finite(train_state.params):
+            raise NonFiniteLossError(f"non-finite parameters after step {step}")
+        meta = dict(self.metadata, fit=dict(self.plan._asdict(), step=step, **progress))
+        if is_primary():
+            self.last = ckpt.save_checkpoint(self.directory, step, train_state, meta, keep=None)
+            rundir.prune_checkpoints(self.directory, step, self.keep)
+        if self.mesh is not None:
+            barrier(self.mesh)
+
+
+class EpochMetrics:
+    """Running sums of the per-step loss and accuracy of one epoch.
+
+    Step metrics stay on the device until ``drain`` fetches them as a group,
+    so the host does not wait on every step. ``sums`` goes into mid-epoch
+    checkpoints, so a resumed epoch reports what an uninterrupted one would.
+    """
+
+    def __init__(self, sums: dict[str, Any] | None = None):
+        self.sums = dict(sums) if sums else {"loss": 0.0, "accuracy": 0.0, "steps": 0}
+        self._pending: list[tuple[int, dict[str, Any]]] = []
+
+    def add(self, first_step: int, metrics: dict[str, Any]) -> None:
+        """Queues the metrics of the call whose first step is ``first_step`` (0-based)."""
+        self._pending.append((first_step, metrics))
+
+    def drain(self) -> None:
+        """Adds the queued metrics to the sums.
+
+        Raises:
+          NonFiniteLossError: naming the (1-based) step of the first NaN/inf loss.
+        """
+        for first, metrics in jax.device_get(self._pending):
+            losses, accs = np.reshape(metrics["loss"], -1), np.reshape(metrics["accuracy"], -1)
+            for j, (loss, acc) in enumerate(zip(losses, accs)):
+                if not np.isfinite(loss):
+                    raise NonFiniteLossError(f"non-finite loss {float(loss)} at step {first + j + 1}")
+                self.sums["loss"] += float(loss)
+                self.sums["accuracy"] += float(acc)
+                self.sums["steps"] += 1
+        self._pending.clear()
+
+    def means(self) -> tuple[float, float]:
+        """Mean loss and accuracy over the steps drained so far."""
+        count = max(self.sums["steps"], 1)
+        return self.sums["loss"] / count, self.sums["accuracy"] / count
+
+
+class Run(NamedTuple):
+    """What every epoch of a ``fit`` uses."""
+
+    plan: Plan
+    train_step: Any
+    eval_step: Any
+    train: tuple[Any, Any]
+    test: tuple[Any, Any] | None
+    shuffle_key: Any
+    checkpointer: Checkpointer | None
+    mesh: Mesh | None
+    progress: bool
+    log: Callable[[str], None] | None
+
+
+def run_epoch(run: Run, ts: TrainState, step: int, epoch: int, metrics: EpochMetrics,
+              history: list[dict[str, float]]) -> tuple[TrainState, int]:
+    """Trains from ``step`` to the end of ``epoch``; returns ``(train_state, step)``.
+
+    Checkpoints every ``checkpoint_every`` steps, except at the epoch's last
+    call (``end_epoch`` writes that one).
+    """
+    plan = run.plan
+    first_item = (step - epoch * plan.steps_per_epoch) // plan.steps_per_call
+    bar = tqdm(total=plan.steps_per_epoch, initial=first_item * plan.steps_per_call,
+               desc=f"epoch {epoch + 1}/{plan.epochs}", disable=not run.progress, leave=False, unit="step")
+    batches = epoch_batches(jax.random.fold_in(run.shuffle_key, epoch), *run.train, plan.batch_size,
+                            steps_per_call=plan.steps_per_call, start=first_item)
+    for i, batch in enumerate(batches, start=first_item):
+        if run.mesh is not None:
+            batch = shard_batch(batch, run.mesh, steps_per_call=plan.steps_per_call)
+        ts, step_metrics = run.train_step(ts, batch)
+        metrics.add(step, step_metrics)
+        step += plan.steps_per_call
+        bar.update(plan.steps_per_call)
+        last = i == plan.items_per_epoch - 1
+        if i % 10 == 9 or last:
+            metrics.drain()
+            if run.progress and metrics.sums["steps"]:
+                loss, acc = metrics.means()
+                bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}")
+        if run.checkpointer is not None and not last and run.checkpointer.due(step):
+            metrics.drain()
+            run.checkpointer.save(ts, step, {"epochs_done": epoch, "history": history, "partial": metrics.sums})
+    bar.close()
+    return ts, step
+
+
+def end_epoch(run: Run, ts: TrainState, step: int, epoch: int, metrics: EpochMetrics,
+              history: list[dict[str, float]], start: float) -> None:
+    """Appends the epoch's record to ``history``, checkpoints and logs it.
+
+    The record's ``seconds`` count from ``start`` (``time.perf_counter``) to
+    the end of the test evaluation.
+    """
+    metrics.drain()
+    train_loss, train_accuracy = metrics.means()
+    record = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_accuracy}
+    if run.test is not None:
+        ev = evaluate_batches(run.eval_step, ts.params, ts.state, *run.test, batch_size=512, mesh=run.mesh)
+        record.update(test_loss=ev["loss"], test_accuracy=ev["accuracy"])
+    record["seconds"] = time.perf_counter() - start
+    history.append(record)
+    if run.checkpointer is not None:
+        run.checkpointer.save(ts, step, {"epochs_done": epoch + 1, "history": history,
+                                         "partial": EpochMetrics().sums})
+    if run.log is not None:
+        run.log(format_record(record, run.plan.epochs))
+
+
+def train_epochs(run: Run, ts: TrainState, history: list[dict[str, float]],
+                 sums: dict[str, Any] | None) -> TrainState:
+    """Runs the epochs left after ``ts.step``; ``sums``: the partial epoch's metrics (resume).
+
+    Raises:
+      NonFiniteLossError: naming the step, the epoch and the last good checkpoint.
+    """
+    step = int(ts.step)
+    epoch = step // run.plan.steps_per_epoch
+    try:
+        for epoch in range(step // run.plan.steps_per_epoch, run.plan.epochs):
+            start = time.perf_counter()
+            metrics = EpochMetrics(sums)
+            ts, step = run_epoch(run, ts, step, epoch, metrics, history)
+            end_epoch(run, ts, step, epoch, metrics, history, start)
+            sums = None
+    except NonFiniteLossError as e:
+        last = run.checkpointer.last if run.checkpointer is not None else None
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
+        raise NonFiniteLossError(f"fit: {e} (epoch {epoch + 1}); training stopped, {kept}") from None
+    return ts
+
+
+def _check_checkpointing(checkpoint_dir: str | None, checkpoint_every: Any, keep: Any, resume: Any) -> None:
+    """The checkpoint arguments of ``fit``: counts of at least 1 (or ``None``), resume with a directory."""
+    if checkpoint_every is not None:
+        integer(checkpoint_every, "checkpoint_every", context="fit", minimum=1)
+    if keep is not None:
+        integer(keep, "keep", context="fit", minimum=1)
+    if boolean(resume, "resume", context="fit") and checkpoint_dir is None:
+        raise ValueError("fit: resume=True needs checkpoint_dir")
+
+
+def _writer_lock(checkpoint_dir: str | None) -> contextlib.AbstractContextManager:
+    """The lock of ``checkpoint_dir`` on process 0, which writes there; nothing elsewhere."""
+    if checkpoint_dir is None or not is_primary():
+        return contextlib.nullcontext()
+    return rundir.locked(checkpoint_dir, context="fit")
+
+
+def _start(checkpointer: Checkpointer, ts: TrainState, resume: bool, log: Callable[[str], None] | None
+           ) -> tuple[TrainState, list[dict[str, float]], dict[str, Any] | None]:
+    """``(train_state, history, partial-epoch sums)`` to start from: resumed, or fresh.
+
+    A fresh run refuses a directory that already holds checkpoints (their
+    retention would mix with its own).
+    """
+    if not resume:
+        if is_primary():
+            rundir.check_fresh(checkpointer.directory, context="fit")
+        return ts, [], None
+    restored = checkpointer.restore(ts, log)
+    if restored is None:
+        return ts, [], None
+    ts, info = restored
+    if log is not None:
+        log(f"resumed from {checkpointer.last} at step {int(ts.step)}")
+    return ts, list(info.get("history", [])), info.get("partial")
+
+
+def fit(
+    model: Layer,
+    optimizer: optax.GradientTransformation,
+    train: Split | tuple[Any, Any],
+    *,
+    test: Split | tuple[Any, Any] | None = None,
+    epochs: int = 10,
+    batch_size: int = 64,
+    loss_fn: LossFn = cross_entropy,
+    seed: int = 0,
+    train_state: TrainState | None = None,
+    steps_per_call: int = 1,
+    microbatches: int = 1,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+    augment: Callable[[Any, Any], Any] | None = None,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int | None = None,
+    keep: int | None = 3,
+    resume: bool = False,
+    metadata: dict | None = None,
+    mesh: Mesh | None = None,
+) -> tuple[TrainState, list[dict[str, float]]]:
+    """Trains ``model`` for ``epochs`` passes over shuffled mini-batches.
+
+    Randomness depends only on ``(seed, epoch, step)``: epoch ``e`` is shuffled
+    with ``fold_in(shuffle_key, e)`` and step ``t`` uses ``fold_in(key, t)``
+    (dropout, augmentation). A run resumed from a checkpoint therefore ends
+    with bitwise the same parameters as an uninterrupted one.
+
+    The data are checked once, on the host, before anything is compiled: both
+    splits non-empty, as many labels as images, the same image shape, and
+    integer labels in ``[0, K)`` for a model with ``K`` outputs.
+
+    Args:
+      model: the network; its input shape is taken from ``train``.
+      optimizer: an Optax transformation.
+      train, test: ``(images, labels)`` splits; ``test`` is evaluated after each epoch.
+      epochs, batch_size: the schedule (the last incomplete batch is dropped).
+      loss_fn: ``(logits, labels) -> scalar``.
+      seed: an int in ``[0, MAX_SEED]`` (``2**32 - 1``); it seeds init,
+        shuffling and augmentation, and the same seed gives the same result.
+      train_state: continue from this state instead of a fresh init.
+      steps_per_call: optimizer steps per compiled call (see ``make_train_step``).
+      microbatches: micro-batches per step (see ``make_train_step``); must divide
+        ``batch_size``.
+      progress: show a tqdm progress bar with the running loss and accuracy.
+      log: called with one line per epoch (``None`` for silence).
+      augment: ``(key, images) -> images`` applied inside the compiled step in
+        training mode (see ``jaxconv.data.augmentation``).
+      checkpoint_dir: if given, a checkpoint (``ckpt-<step>.safetensors``: the
+        ``TrainState`` plus JSON metadata with the history) is written at the
+        end of every epoch and every ``checkpoint_every`` steps. The run holds
+        the directory's lock meanwhile (``jaxconv.rundir``); a fresh run
+        (``resume=False``) refuses a directory that already holds checkpoints.
+      checkpoint_every: steps between mid-epoch checkpoints (``None``: epoch ends only).
+      keep: number of newest checkpoints kept (``None``: all).
+      resume: continue from the newest checkpoint in ``checkpoint_dir`` that
+        reads back intact (corrupt ones are skipped; a fresh start if there is none).
+      metadata: JSON-serialisable dict stored in every checkpoint (model name, config).
+      mesh: train data-parallel over this device mesh (``jaxconv.distributed.data_mesh()``):
+        the train state is replicated, each global batch of ``batch_size`` is
+        sharded over the ``"data"`` axis (``batch_size`` must be divisible by
+        its size), and results equal a one-device run. With several processes
+        every process calls ``fit`` with the same data and seed and feeds only
+        its own rows of each batch. The progress bar, ``log``, the lock and the
+        checkpoints are process 0's only.
+
+    Returns:
+      ``(train_state, history)``, one history dict per epoch with
+      ``train_loss``, ``train_accuracy``, ``test_loss``, ``test_accuracy``, ``seconds``.
+
+    Raises:
+      ValueError: a bad argument or data set (see above); a checkpoint to resume
+        from that was written with another seed, batch size, ``steps_per_call``,
+        ``microbatches`` or training-set size.
+      jaxconv.rundir.RunDirectoryError: ``checkpoint_dir`` is in use by another
+        process (``DirectoryLockedError``), or holds checkpoints and ``resume`` is off.
+      NonFiniteLossError: a loss (or the parameters) became NaN/inf; the message
+        names the step (the 1-based count of optimizer steps) and the last good
+        checkpoint, which is kept.
+    """
+    images, labels = check_split(train, name="train", context="fit")
+    if test is not None:
+        test = check_split(test, name="test", context="fit")
+        check_same_shape(images, test[0], names=("train", "test"), context="fit")
+    plan = plan_run(n_train=len(labels), epochs=epochs, batch_size=batch_size, seed=seed,
+                    steps_per_call=steps_per_call, microbatches=microbatches, mesh=mesh)
+    _check_checkpointing(checkpoint_dir, checkpoint_every, keep, resume)
+    if not is_primary():
+        progress, log = False, None
+    init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(plan.seed))
+    if train_state is None:
+        train_state = create_train_state(model, init_key, (-1,) + tuple(np.shape(images)[1:]), optimizer)
+    classes = output_classes(model, train_state.params, train_state.state, images)
+    for name, split in (("train", labels), ("test", None if test is None else test[1])):
+        if split is not None:
+            check_labels(split, classes, name=name, context="fit")
+    checkpointer = None if checkpoint_dir is None else Checkpointer(
+        checkpoint_dir, plan, every=checkpoint_every, keep=keep, metadata=metadata, mesh=mesh)
+    with _writer_lock(checkpoint_dir):
+        history, sums = [], None
+        if checkpointer is not None:
+            train_state, history, sums = _start(checkpointer, train_state, resume, log)
+        if int(train_state.step) % plan.steps_per_call:
+            raise ValueError(f"fit: step {int(train_state.step)} of the train state is not a multiple of "
+                             f"steps_per_call={plan.steps_per_call}")
+        train_step = make_train_step(with_augmentation(model, augment), optimizer, loss_fn,
+                                     steps_per_call=plan.steps_per_call, microbatches=plan.microbatches, mesh=mesh)
+        run = Run(plan, train_step, make_eval_step(model, loss_fn, mesh=mesh),
+                  (jnp.asarray(images), jnp.asarray(labels)), test, shuffle_key, checkpointer, mesh, progress, log)
+        if mesh is not None:
+            train_state = replicate(train_state, mesh)
+        return train_epochs(run, train_state, history, sums), history
+
+
+def format_record(record: dict[str, float], epochs: int) -> str:
+    """One log line for an epoch's ``record`` (``fit``'s history entries)."""
+    line = (f"epoch {record['epoch']:>3}/{epochs}  train loss {record['train_loss']:.4f} "
+            f"acc {record['train_accuracy']:.4f}")
+    if "test_accuracy" in record:
+        line += f"  test loss {record['test_loss']:.4f} acc {record['test_accuracy']:.4f}"
+    return line + f"  ({record['seconds']:.1f}s)"
