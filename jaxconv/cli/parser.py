@@ -48,7 +48,7 @@ def _check_train_args(args: argparse.Namespace) -> None:
     try:
         parse_augment(spec)
     except ValueError as e:
-        raise ValueError(f"{context}: --augment: {e}") from None
+        raise ValueError(f"{context}: {e}") from None
     check_output_dir(args.out, context=f"{context}: --out")
 
 

@@ -14,7 +14,7 @@ from jaxconv.core import Layer, PyTree
 from jaxconv.data import Split
 from jaxconv.distributed import batch_sharding, check_mesh, data_size, replicated_sharding, shard_batch
 from jaxconv.losses import cross_entropy
-from jaxconv.train.inputs import check_labels, check_split, output_classes
+from jaxconv.train.inputs import check_labels, check_split, output_shape
 from jaxconv.train.step import LossFn
 from jaxconv.validate import integer
 
@@ -114,6 +114,6 @@ def evaluate(
     """
     integer(batch_size, "batch_size", context="evaluate", minimum=1)
     images, labels = check_split(data, name="the data", context="evaluate")
-    check_labels(labels, output_classes(model, params, state, images), name="the data", context="evaluate")
+    check_labels(labels, output_shape(model, params, state, images), name="the data", context="evaluate")
     eval_step = eval_step or make_eval_step(model, loss_fn, mesh=mesh)
     return evaluate_batches(eval_step, params, state, images, labels, batch_size=batch_size, mesh=mesh)

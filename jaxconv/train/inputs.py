@@ -42,27 +42,29 @@ def check_same_shape(images: Any, other: Any, *, names: tuple[str, str], context
                          f"{shape}; both splits must have the model's input shape")
 
 
-def output_classes(model: Layer, params: PyTree, state: PyTree, images: Any) -> int:
-    """The size of the last axis of the model's output for ``images``: its number of classes.
+def output_shape(model: Layer, params: PyTree, state: PyTree, images: Any) -> tuple[int, ...]:
+    """The shape of the model's output for one example of ``images``: ``(1, ..., K)`` for ``K`` classes.
 
-    Found by abstract evaluation of one example (``jax.eval_shape``): nothing is computed.
+    Found by abstract evaluation (``jax.eval_shape``): nothing is computed.
     """
     example = jax.ShapeDtypeStruct((1, *np.shape(images)[1:]), np.asarray(images[:1]).dtype)
     logits = jax.eval_shape(lambda p, s, x: model.apply(p, s, x, train=False)[0], params, state, example)
-    return int(logits.shape[-1])
+    return tuple(logits.shape)
 
 
-def check_labels(labels: Any, num_classes: int, *, name: str, context: str) -> None:
-    """Raises unless every integer label lies in ``[0, num_classes)``.
+def check_labels(labels: Any, output: tuple[int, ...], *, name: str, context: str) -> None:
+    """Raises unless every class id in ``labels`` is a class of a model with output shape ``output``.
 
-    Labels that are not integers (targets shaped like the outputs, for a loss
-    of your own) are not class ids and are left alone.
+    Labels with one axis less than the output are class ids and must lie in
+    ``[0, K)`` for ``K = output[-1]``; labels shaped like the output are
+    targets (for a loss of your own, e.g. ``square_loss``) and are left alone.
 
     Raises:
-      ValueError: naming the first bad label, its index and the class count.
+      ValueError: naming the first bad label, its example and the class count.
     """
     labels = np.asarray(labels)
-    if not np.issubdtype(labels.dtype, np.integer):
+    num_classes = output[-1]
+    if labels.ndim != len(output) - 1:
         return
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if bad.size:

@@ -28,7 +28,7 @@ from jaxconv.data import Split, batches_per_epoch, epoch_batches
 from jaxconv.distributed import barrier, check_batch_size, check_mesh, fetch, is_primary, replicate, shard_batch
 from jaxconv.losses import cross_entropy
 from jaxconv.train.evaluate import evaluate_batches, make_eval_step
-from jaxconv.train.inputs import check_labels, check_same_shape, check_split, output_classes
+from jaxconv.train.inputs import check_labels, check_same_shape, check_split, output_shape
 from jaxconv.train.state import TrainState, create_train_state
 from jaxconv.train.step import LossFn, make_train_step, with_augmentation
 from jaxconv.validate import boolean, integer
@@ -420,10 +420,10 @@ def fit(
     init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(plan.seed))
     if train_state is None:
         train_state = create_train_state(model, init_key, (-1,) + tuple(np.shape(images)[1:]), optimizer)
-    classes = output_classes(model, train_state.params, train_state.state, images)
+    output = output_shape(model, train_state.params, train_state.state, images)
     for name, split in (("train", labels), ("test", None if test is None else test[1])):
         if split is not None:
-            check_labels(split, classes, name=name, context="fit")
+            check_labels(split, output, name=name, context="fit")
     checkpointer = None if checkpoint_dir is None else Checkpointer(
         checkpoint_dir, plan, every=checkpoint_every, keep=keep, metadata=metadata, mesh=mesh)
     with _writer_lock(checkpoint_dir):
