@@ -96,6 +96,17 @@ def test_axis_tables_match_torch(method, nd, align_corners):
     assert checked > 100
 
 
+def test_nearest_floors_in_single_precision():
+    # 31 * 1.3 -> 40: at output 39, 39 * (1 / 1.3) is 29.999999999999996 in float64 and 30 in
+    # float32; PyTorch floors the float32 value (floorf), whatever the input dtype.
+    assert np.floor(39 * (1 / 1.3)) == 29
+    for nd in (1, 2, 3):
+        want = torch_table(31, "nearest", False, nd, scale_factor=(1.3,) + (1.0,) * (nd - 1))
+        got = dense_table(31, 40, 1.3, "nearest", False, nd)
+        np.testing.assert_array_equal(got, want)
+        assert got[30, 39] == 1
+
+
 def test_scale_factor_uses_its_inverse_not_the_size_ratio():
     # 5 * 1.7 -> 8 outputs: the mapping uses 1/1.7, not 5/8 (PyTorch, recompute_scale_factor unset).
     by_factor = dense_table(5, 8, 1.7, "linear", False, 1)

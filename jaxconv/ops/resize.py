@@ -30,6 +30,7 @@ as in ``torch.nn.functional.interpolate``:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxconv.ops.pool import check_spatial_rank
-from jaxconv.validate import boolean, choice, int_tuple, integer, is_int
+from jaxconv.validate import boolean, choice, int_tuple, integer
 
 METHODS = ("nearest", "nearest-exact", "linear", "bilinear", "trilinear", "bicubic")
 NEAREST_METHODS = ("nearest", "nearest-exact")
@@ -52,7 +53,8 @@ def _scale_factors(value: Any, *, context: str, length: int | None = None) -> tu
     is_sequence = isinstance(value, Sequence) and not isinstance(value, str)
     items = tuple(value) if is_sequence else (value,)
     good = bool(items) and all(
-        (is_int(v) or isinstance(v, float)) and math.isfinite(v) and v > 0 for v in items)
+        isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        for v in items)
     if not good or (is_sequence and length is not None and len(items) != length):
         count = "numbers" if length is None else f"{length} numbers"
         raise ValueError(f"{context}: scale_factor must be a number > 0 or a sequence of {count} "
@@ -191,7 +193,8 @@ def resize(x: Any, *, size: Any = None, scale_factor: Any = None, method: str = 
         ``recompute_scale_factor`` unset), the coordinate mapping uses
         ``1 / scale_factor`` rather than ``n / out``. Give exactly one of
         ``size`` and ``scale_factor``.
-      method: ``"nearest"`` (PyTorch's legacy nearest), ``"nearest-exact"``,
+      method: ``"nearest"`` (PyTorch's legacy nearest, with its 2-D special
+        cases described in this module's docstring), ``"nearest-exact"``,
         ``"linear"`` (any rank), ``"bilinear"`` (2-D only), ``"trilinear"``
         (3-D only) or ``"bicubic"`` (2-D only; ``A = -0.75``, border clamp).
       align_corners: for the linear and cubic methods, map the corner pixels'
