@@ -43,9 +43,14 @@ def kinked_input(seed: int = 0) -> np.ndarray:
 
 def jax_vjp(fn, args, cotangent):
     """``fn(*args)`` and the gradient of ``<fn(*args), cotangent>`` w.r.t. each arg, by JAX."""
+
+    @jax.jit
+    def value_and_pullback(args, cotangent):
+        y, pullback = jax.vjp(fn, *args)
+        return y, pullback(cotangent)
+
     with jax.enable_x64(True):
-        y, pullback = jax.vjp(fn, *(jnp.asarray(a) for a in args))
-        grads = pullback(jnp.asarray(cotangent))
+        y, grads = value_and_pullback([jnp.asarray(a) for a in args], jnp.asarray(cotangent))
         return np.asarray(y), [np.asarray(g) for g in grads]
 
 
