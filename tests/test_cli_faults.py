@@ -55,7 +55,7 @@ BAD_VALUES = [
     (["--keep", "0"], "jaxconv train: --keep must be an int >= 1, got 0"),
     (["--devices", "0"], "jaxconv train: --devices must be an int >= 1, got 0"),
     (["--num-processes", "0"], "jaxconv train: --num-processes must be an int >= 1, got 0"),
-    (["--process-id", "2", "--num-processes", "2"], "jaxconv train: --process-id must be < --num-processes 2"),
+    (["--process-id", "2", "--num-processes", "2"], "jaxconv train: --process-id must be an int >= 0 and <= 1, got 2"),
     (["--lr", "0"], "jaxconv train: --lr must be a number > 0, got 0.0"),
     (["--lr", "nan"], "jaxconv train: --lr must be a number > 0, got nan"),
     (["--weight-decay", "-1"], "jaxconv train: --weight-decay must be a number >= 0, got -1.0"),

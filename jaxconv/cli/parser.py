@@ -41,9 +41,8 @@ def _check_train_args(args: argparse.Namespace) -> None:
     if args.batch_size % args.microbatches:
         raise ValueError(f"{context}: --microbatches {args.microbatches} must divide --batch-size "
                          f"{args.batch_size}")
-    if args.process_id is not None and args.num_processes is not None and args.process_id >= args.num_processes:
-        raise ValueError(f"{context}: --process-id must be < --num-processes {args.num_processes}, "
-                         f"got {args.process_id}")
+    if args.process_id is not None and args.num_processes is not None:  # one of --num-processes P
+        integer(args.process_id, "--process-id", context=context, minimum=0, maximum=args.num_processes - 1)
     spec = DEFAULT_AUGMENT[args.dataset] if args.augment == "auto" else args.augment
     try:
         parse_augment(spec)

@@ -11,21 +11,20 @@ import jax
 from jaxconv.bench import DEFAULT_SHAPES, QUICK_SHAPES, conv_bench_table, parse_shape, run_conv_bench
 from jaxconv.models import INPUT_SHAPES, get_model
 from jaxconv.structure import summary
+from jaxconv.validate import int_tuple
 from jaxconv.verify import format_report, verify
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    shape = INPUT_SHAPES[args.model]
     if args.input_shape:
         try:
-            shape = tuple(int(d) for d in args.input_shape.split(","))
+            shape = int_tuple([int(d) for d in args.input_shape.split(",")], "--input-shape",
+                              context="jaxconv summary", minimum=1)
         except ValueError:
-            shape = ()
-        if not shape or min(shape) < 1:
             print(f"jaxconv summary: --input-shape must be comma-separated ints >= 1 such as "
                   f"32,32,3, got {args.input_shape!r}", file=sys.stderr)
             return 2
-    else:
-        shape = INPUT_SHAPES[args.model]
     model = get_model(args.model, num_classes=args.num_classes, impl=args.impl)
     print(f"{args.model} ({args.num_classes} classes, conv impl {args.impl!r})")
     print(summary(model, (-1, *shape)))
