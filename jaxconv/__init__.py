@@ -35,6 +35,7 @@ from jaxconv.layers import BatchNorm as BatchNorm
 from jaxconv.layers import Conv as Conv
 from jaxconv.layers import ConvTranspose as ConvTranspose
 from jaxconv.layers import Dense as Dense
+from jaxconv.layers import DropPath as DropPath
 from jaxconv.layers import Dropout as Dropout
 from jaxconv.layers import Elu as Elu
 from jaxconv.layers import Flatten as Flatten
@@ -42,18 +43,31 @@ from jaxconv.layers import Gelu as Gelu
 from jaxconv.layers import GlobalAvgPool as GlobalAvgPool
 from jaxconv.layers import GlobalMaxPool as GlobalMaxPool
 from jaxconv.layers import GroupNorm as GroupNorm
+from jaxconv.layers import Hardsigmoid as Hardsigmoid
+from jaxconv.layers import Hardswish as Hardswish
 from jaxconv.layers import Identity as Identity
 from jaxconv.layers import Lambda as Lambda
 from jaxconv.layers import LayerNorm as LayerNorm
+from jaxconv.layers import LayerScale as LayerScale
 from jaxconv.layers import LeakyRelu as LeakyRelu
 from jaxconv.layers import LogSoftmax as LogSoftmax
 from jaxconv.layers import MaxPool as MaxPool
 from jaxconv.layers import MinPool as MinPool
+from jaxconv.layers import Mish as Mish
+from jaxconv.layers import PRelu as PRelu
+from jaxconv.layers import PixelShuffle as PixelShuffle
+from jaxconv.layers import PixelUnshuffle as PixelUnshuffle
 from jaxconv.layers import Relu as Relu
+from jaxconv.layers import Relu6 as Relu6
 from jaxconv.layers import Reshape as Reshape
+from jaxconv.layers import SeparableConv as SeparableConv
 from jaxconv.layers import Sigmoid as Sigmoid
+from jaxconv.layers import Silu as Silu
 from jaxconv.layers import Softmax as Softmax
+from jaxconv.layers import Softplus as Softplus
+from jaxconv.layers import SqueezeExcite as SqueezeExcite
 from jaxconv.layers import Tanh as Tanh
+from jaxconv.layers import Upsample as Upsample
 from jaxconv.losses import accuracy as accuracy
 from jaxconv.losses import cross_entropy as cross_entropy
 from jaxconv.losses import square_loss as square_loss
@@ -95,6 +109,7 @@ __all__ = (
     "Conv",
     "ConvTranspose",
     "Dense",
+    "DropPath",
     "Dropout",
     "Elu",
     "Flatten",
@@ -102,18 +117,31 @@ __all__ = (
     "GlobalAvgPool",
     "GlobalMaxPool",
     "GroupNorm",
+    "Hardsigmoid",
+    "Hardswish",
     "Identity",
     "Lambda",
     "LayerNorm",
+    "LayerScale",
     "LeakyRelu",
     "LogSoftmax",
     "MaxPool",
     "MinPool",
+    "Mish",
+    "PRelu",
+    "PixelShuffle",
+    "PixelUnshuffle",
     "Relu",
+    "Relu6",
     "Reshape",
+    "SeparableConv",
     "Sigmoid",
+    "Silu",
     "Softmax",
+    "Softplus",
+    "SqueezeExcite",
     "Tanh",
+    "Upsample",
     # losses and metrics
     "accuracy",
     "cross_entropy",

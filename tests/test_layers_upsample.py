@@ -8,7 +8,7 @@ import pytest
 
 import jaxconv as jc
 from jaxconv.layers.upsample import PixelShuffle, PixelUnshuffle, Upsample
-from jaxconv.ops.resize import pixel_shuffle, pixel_unshuffle, resize
+from jaxconv.ops.sampling import pixel_shuffle, pixel_unshuffle, resize
 from tests.contract import check_layer_contract, random_input
 from tests.torch_ref import import_torch
 

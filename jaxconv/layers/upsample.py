@@ -1,4 +1,4 @@
-"""Resizing layers: Upsample (``jaxconv.ops.resize``), PixelShuffle and PixelUnshuffle.
+"""Resizing layers: Upsample (``jaxconv.ops.sampling``), PixelShuffle and PixelUnshuffle.
 
 All are parameterless and stateless, take channels-last input
 ``(N, *spatial, C)`` with 1 to 3 spatial dimensions, and compute their output
@@ -14,7 +14,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from jaxconv.core import Layer, normalize_shape
-from jaxconv.ops.resize import (check_resize_args, pixel_shuffle, pixel_shuffle_output_shape,
+from jaxconv.ops.sampling import (check_resize_args, pixel_shuffle, pixel_shuffle_output_shape,
                                 pixel_unshuffle, pixel_unshuffle_output_shape, resize,
                                 resize_output_shape)
 from jaxconv.validate import integer
@@ -22,7 +22,7 @@ from jaxconv.validate import integer
 
 def Upsample(scale_factor: Any = None, size: Any = None, method: str = "nearest",
              align_corners: bool = False) -> Layer:
-    """Resizes the spatial axes like ``torch.nn.Upsample`` (see ``jaxconv.ops.resize``).
+    """Resizes the spatial axes like ``torch.nn.Upsample`` (see ``jaxconv.ops.sampling``).
 
     Args:
       scale_factor: a positive number (every spatial axis) or one per axis; the

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxconv.ops.resize import axis_taps, pixel_shuffle, pixel_unshuffle, resize
+from jaxconv.ops.sampling import axis_taps, pixel_shuffle, pixel_unshuffle, resize
 from tests.torch_ref import import_torch
 
 TOL = 1e-12  # float64 against float64: summation order only
