@@ -5,16 +5,16 @@ The parts, each a module of small factories and pure functions:
 - ``state``: ``TrainState``, ``create_train_state``;
 - ``step``: ``make_train_step`` and the factories it composes (``loss_and_grad``,
   ``microbatched``, ``optimizer_step``, ``repeated``, ``compile_step``);
-- ``evaluate``: ``make_eval_step``, ``evaluate``, ``predict``;
+- ``evaluation``: ``make_eval_step``, ``evaluate``, ``predict``;
 - ``inputs``: the checks of the data that enters ``fit`` and ``evaluate``;
 - ``loop``: ``fit`` and the parts it orchestrates.
 
 Optimizers and schedules by name live in ``jaxconv.recipes``.
 """
 
-from jaxconv.train.evaluate import evaluate as evaluate
-from jaxconv.train.evaluate import make_eval_step as make_eval_step
-from jaxconv.train.evaluate import predict as predict
+from jaxconv.train.evaluation import evaluate as evaluate
+from jaxconv.train.evaluation import make_eval_step as make_eval_step
+from jaxconv.train.evaluation import predict as predict
 from jaxconv.train.loop import MAX_SEED as MAX_SEED
 from jaxconv.train.loop import NonFiniteLossError as NonFiniteLossError
 from jaxconv.train.loop import fit as fit

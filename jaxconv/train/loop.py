@@ -27,7 +27,7 @@ from jaxconv.core import Layer, PyTree
 from jaxconv.data import Split, batches_per_epoch, epoch_batches
 from jaxconv.distributed import barrier, check_batch_size, check_mesh, fetch, is_primary, replicate, shard_batch
 from jaxconv.losses import cross_entropy
-from jaxconv.train.evaluate import evaluate_batches, make_eval_step
+from jaxconv.train.evaluation import evaluate_batches, make_eval_step
 from jaxconv.train.inputs import check_labels, check_same_shape, check_split, output_shape
 from jaxconv.train.state import TrainState, create_train_state
 from jaxconv.train.step import LossFn, make_train_step, with_augmentation
