@@ -15,9 +15,18 @@ import pytest
 
 import jaxconv as jc
 from jaxconv import cli
-from jaxconv.bench import (Case, ConvShape, Stats, conv_bench_table, conv_cases,
-                           markdown_table, measure_interleaved, parse_shape, ratio,
-                           run_conv_bench)
+from jaxconv.bench import (
+    Case,
+    ConvShape,
+    Stats,
+    conv_bench_table,
+    conv_cases,
+    markdown_table,
+    measure_interleaved,
+    parse_shape,
+    ratio,
+    run_conv_bench,
+)
 from jaxconv.train import contains_convolution, run_steps
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.torch_ref import import_torch
 import jaxconv as jc
 from tests.contract import check_layer_contract, random_input
+from tests.torch_ref import import_torch
 
 
 @pytest.mark.parametrize("layer, shape, impl", [

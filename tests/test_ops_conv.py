@@ -20,13 +20,13 @@ from hypothesis import strategies as st
 from jax import lax
 from jax.test_util import check_grads
 
-from tests.torch_ref import import_torch
 from jaxconv.ops import autotune
 from jaxconv.ops.conv import conv, conv_transpose
 from jaxconv.ops.spec import conv_output_shape, conv_transpose_output_shape, padding_pairs
 from jaxconv.verify import Case, draw_case, relative_error
 from tests import oracle
 from tests.test_ops_patches import ROWS_ALWAYS, _equations
+from tests.torch_ref import import_torch
 
 HIGHEST = lax.Precision.HIGHEST
 SETTINGS = dict(deadline=None, derandomize=True,
@@ -220,7 +220,7 @@ def test_conv_transpose_same_output_size_is_n_times_stride():
         w = jnp.ones((k, k, 2, 3))
         for padding in ("SAME", "SAME_LOWER"):
             for impl in ("lax", "patches"):
-                y = jax.eval_shape(lambda x, w: conv_transpose(
+                y = jax.eval_shape(lambda x, w, s=s, d=d, padding=padding, impl=impl: conv_transpose(
                     x, w, stride=s, dilation=d, padding=padding, impl=impl), x, w)
                 assert y.shape == (1, 5 * s, 7 * s, 2)
 
@@ -350,8 +350,10 @@ W = jnp.ones((3, 3, 4, 6))
      ["kernel of size (9, 9)", "larger than the padded input (8, 8)"]),
     (lambda i: conv(X, jnp.ones((3, 3, 4, 6)), padding=(-3, 0), dilation=(1, 1), impl=i),
      ["larger than the padded input (2, 8)"]),
-    (lambda i: conv(X, W, stride=0, impl=i), ["conv: stride must be an int or a sequence of ints >= 1, got 0"]),
-    (lambda i: conv(X, W, dilation=(1, -1), impl=i), ["dilation must be an int or a sequence of ints >= 1, got (1, -1)"]),
+    (lambda i: conv(X, W, stride=0, impl=i),
+     ["conv: stride must be an int or a sequence of ints >= 1, got 0"]),
+    (lambda i: conv(X, W, dilation=(1, -1), impl=i),
+     ["dilation must be an int or a sequence of ints >= 1, got (1, -1)"]),
     (lambda i: conv(jnp.ones((8, 8, 4)), W, impl=i),
      ["expected input of rank 4", "got shape (8, 8, 4)"]),
     (lambda i: conv(X, jnp.ones((4, 6)), impl=i), ["kernel must have rank 3, 4 or 5"]),

@@ -13,10 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 
-from tests.torch_ref import import_torch
 from jaxconv import ops
 from jaxconv.ops.spec import padding_pairs
-
+from tests.torch_ref import import_torch
 
 
 def ref_pool(x, kind, window, stride, pads, count_include_pad=True):
@@ -298,8 +297,8 @@ def test_tiled_path_ties_give_the_first_element_in_row_major_order():
                      [3.0, 2.0, np.nan, 2.0, 3.0, np.nan, np.nan, np.nan]]).reshape(1, 2, 8, 1)
     for kind, op in OPS.items():
         slow = reduce_window_reference(kind, x.shape, 2, "VALID")
-        np.testing.assert_array_equal(jax.grad(lambda v: op(v, 2).sum())(x),
-                                      jax.grad(lambda v: slow(v).sum())(x))
+        np.testing.assert_array_equal(jax.grad(lambda v, op=op: op(v, 2).sum())(x),
+                                      jax.grad(lambda v, slow=slow: slow(v).sum())(x))
 
 
 def test_tiled_path_is_taken_for_2x2_and_not_otherwise():

@@ -87,7 +87,8 @@ def test_the_shape_rule_is_the_shape_each_implementation_produces():
         _, out = resolve_conv(options, (-1, *case.x_shape[1:]), case.kernel_shape)
         x, w = jnp.ones(case.x_shape), jnp.ones(case.kernel_shape)
         for impl in ("lax", "patches"):
-            y = jax.eval_shape(lambda a, b, impl=impl: fn(a, b, impl=impl, **case.kwargs), x, w)
+            y = jax.eval_shape(lambda a, b, fn=fn, impl=impl, kw=case.kwargs: fn(a, b, impl=impl, **kw),
+                               x, w)
             assert y.shape == (case.x_shape[0], *out[1:]), (impl, case)
 
 

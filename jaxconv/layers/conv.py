@@ -17,7 +17,7 @@ from jaxconv.core import Layer, cast_to, check_input, normalize_shape
 from jaxconv.layers.dense import default_kernel_init, kernel_and_bias
 from jaxconv.ops.conv import convolve
 from jaxconv.ops.spec import ConvOptions, check_spatial_rank, conv_options, resolve_conv, spatial_option
-from jaxconv.validate import integer
+from jaxconv.validate import boolean, integer
 
 
 def _check_features(features: Any, groups: int, context: str) -> int:
@@ -44,6 +44,7 @@ def _make_layer(options: ConvOptions, kind: str, features: int, kernel_size: Any
     """The ``Layer`` of a convolution whose options are checked; ``kernel_size`` is checked here."""
     context, groups = options.context, options.groups
     kernel_size = spatial_option(kernel_size, "kernel_size", context=context)
+    boolean(use_bias, "use_bias", context=context)
 
     def kernel_shape(window, in_channels):
         if options.op == "conv":

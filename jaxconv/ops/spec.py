@@ -88,13 +88,20 @@ def _is_pair(p: Any) -> bool:
     return isinstance(p, Sequence) and not isinstance(p, str) and len(p) == 2 and all(map(is_int, p))
 
 
-def parse_padding(padding: Padding, context: str, nd: int | None = None) -> str | int | tuple[Any, ...]:
+def _padding_error(padding: Any, context: str, nd: int | None = None) -> ValueError:
+    count = "" if nd is None else f"{nd} "
+    return ValueError(
+        f"{context}: padding must be 'SAME', 'SAME_LOWER', 'VALID', an int, or a sequence of "
+        f"{count}ints or {count}(low, high) pairs (one per spatial dimension), got {padding!r}")
+
+
+def parse_padding(padding: Padding, context: str) -> str | int | tuple[Any, ...]:
     """Checks a padding spelling and returns it in normal form.
 
     Accepted: ``"SAME"``, ``"SAME_LOWER"``, ``"VALID"`` (any case; returned
     upper-case), an int (both sides of every dimension), or a sequence with one
     int or one ``(low, high)`` pair per spatial dimension (returned as a tuple
-    of ints and pairs). With ``nd``, the sequence's length is checked too.
+    of ints and pairs; its length is checked when the shapes are known).
     """
     if isinstance(padding, str):
         if padding.upper() not in PADDING_STRINGS:
@@ -104,14 +111,9 @@ def parse_padding(padding: Padding, context: str, nd: int | None = None) -> str 
         return padding.upper()
     if is_int(padding):
         return int(padding)
-    if (isinstance(padding, Sequence) and padding
-            and all(is_int(p) or _is_pair(p) for p in padding)
-            and (nd is None or len(padding) == nd)):
+    if isinstance(padding, Sequence) and padding and all(is_int(p) or _is_pair(p) for p in padding):
         return tuple(int(p) if is_int(p) else (int(p[0]), int(p[1])) for p in padding)
-    count = "" if nd is None else f"{nd} "
-    raise ValueError(
-        f"{context}: padding must be 'SAME', 'SAME_LOWER', 'VALID', an int, or a sequence of "
-        f"{count}ints or {count}(low, high) pairs (one per spatial dimension), got {padding!r}")
+    raise _padding_error(padding, context)
 
 
 def conv_options(op: str, context: str | None = None, *, stride: Any = 1, padding: Padding = "SAME",
@@ -226,7 +228,8 @@ def _pairs(padding, in_sizes, window, stride, dilation, context):
         return _same_pairs(padding == "SAME_LOWER", in_sizes, window, stride, dilation)
     if is_int(padding):
         return ((padding, padding),) * nd
-    parse_padding(padding, context, nd)  # the length
+    if len(padding) != nd:
+        raise _padding_error(padding, context, nd)
     return tuple((p, p) if is_int(p) else tuple(p) for p in padding)
 
 
