@@ -73,11 +73,11 @@ def plan_run(*, n_train: int, epochs: Any, batch_size: Any, seed: Any, steps_per
         not dividing ``batch_size``, a batch larger than the data, or a batch
         that does not split over the mesh's ``"data"`` axis.
     """
-    plan = Plan(integer(seed, "seed", context="fit", minimum=0, maximum=MAX_SEED),
-                integer(batch_size, "batch_size", context="fit", minimum=1),
-                integer(steps_per_call, "steps_per_call", context="fit", minimum=1),
-                integer(microbatches, "microbatches", context="fit", minimum=1), n_train,
-                integer(epochs, "epochs", context="fit", minimum=1))
+    plan = Plan(seed=integer(seed, "seed", context="fit", minimum=0, maximum=MAX_SEED),
+                batch_size=integer(batch_size, "batch_size", context="fit", minimum=1),
+                steps_per_call=integer(steps_per_call, "steps_per_call", context="fit", minimum=1),
+                microbatches=integer(microbatches, "microbatches", context="fit", minimum=1),
+                n_train=n_train, epochs=integer(epochs, "epochs", context="fit", minimum=1))
     if plan.batch_size % plan.microbatches:
         raise ValueError(f"fit: microbatches={plan.microbatches} must divide batch_size={plan.batch_size}")
     if mesh is not None:
