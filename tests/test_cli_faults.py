@@ -137,6 +137,17 @@ def test_overwrite_deletes_only_jaxconvs_files_and_refuses_when_unsure(tmp_path,
     assert snapshot(tmp_path) == {"notes.txt": b"mine"}
 
 
+def test_ctrl_c_is_one_line_and_releases_the_directory(tmp_path, capsys, monkeypatch):
+    def load_dataset(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_training, "load_dataset", load_dataset)
+    assert main(["train", "--out", str(tmp_path)]) == 130
+    assert one_line(capsys.readouterr().err) == "jaxconv train: interrupted"
+    with rundir.locked(str(tmp_path), context="next"):  # free again
+        pass
+
+
 # --------------------------------------------------------------------------
 # Real processes: a second writer while a training holds the directory, then SIGKILL and resume.
 

@@ -14,7 +14,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Exit status 2 and one line on stderr for a bad argument, a bad data set or
     an unusable output directory; 1 for a failure while running (a training
-    that diverged, a file that could not be written).
+    that diverged, a file that could not be written); 130 for Ctrl-C.
     """
     args = build_parser().parse_args(argv)
     try:
@@ -30,6 +30,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:  # the output directory or disk failed under us
         print(f"jaxconv {args.command}: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the checkpoints written so far stay (train --resume continues them)
+        print(f"jaxconv {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 def run() -> int:
