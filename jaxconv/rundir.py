@@ -159,10 +159,10 @@ def _looks_like(path: str, name: str) -> bool:
         return False
 
 
-def _sort(paths: list[str], directory: str) -> tuple[list[str], list[str]]:
-    """Splits files of ``directory`` named like jaxconv's into ``(ours, unsure)``."""
+def _sort(names: list[str], directory: str) -> tuple[list[str], list[str]]:
+    """Splits the paths of ``names`` (named like jaxconv's files) in ``directory`` into ``(ours, unsure)``."""
     ours, unsure = [], []
-    for name in paths:
+    for name in names:
         path = os.path.join(directory, name)
         if not os.path.isfile(path) or os.path.islink(path):
             unsure.append(path)
