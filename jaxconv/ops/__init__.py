@@ -1,4 +1,4 @@
-"""Pure array functions: convolution and pooling (channels-last)."""
+"""Pure array functions: convolution, pooling and resizing (channels-last)."""
 
 from jaxconv.ops.conv import conv, conv_transpose
 from jaxconv.ops.patches import extract_patches
@@ -11,8 +11,10 @@ from jaxconv.ops.pool import (
     max_pool,
     min_pool,
 )
+from jaxconv.ops.sampling import pixel_shuffle, pixel_unshuffle, resize
 from jaxconv.ops.spec import conv_output_shape, conv_transpose_output_shape, padding_pairs
 
 __all__ = ["conv", "conv_transpose", "extract_patches", "conv_output_shape",
            "conv_transpose_output_shape", "padding_pairs", "max_pool", "avg_pool", "min_pool",
-           "global_avg_pool", "global_max_pool", "adaptive_avg_pool", "adaptive_max_pool"]
+           "global_avg_pool", "global_max_pool", "adaptive_avg_pool", "adaptive_max_pool", "resize",
+           "pixel_shuffle", "pixel_unshuffle"]
