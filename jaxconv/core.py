@@ -6,8 +6,9 @@ A layer is a pair of pure functions ::
     apply(params, state, x, *, key=None, train=False) -> (y, new_state)
 
 Shapes include the batch dimension, which may be ``-1`` (unknown) and then
-propagates as ``-1``. ``params`` is the trainable pytree, ``state`` the
-non-trainable one (``{}`` for stateless layers).
+propagates as ``-1``, or ``0`` (an empty batch, which gives an empty result).
+``params`` is the trainable pytree, ``state`` the non-trainable one (``{}``
+for stateless layers).
 
 Combinators (``serial``, ``parallel``, ``fan_out``, ``fan_in_sum``,
 ``fan_in_concat``, ``residual``) build new layers out of existing ones; the
@@ -22,6 +23,8 @@ from typing import Any, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
+
+from jaxconv.validate import integer, is_int
 
 Shape = tuple[int, ...]
 PyTree = Any
@@ -56,23 +59,24 @@ NamedLayer = Union[Layer, tuple[str, Layer]]
 
 
 def normalize_shape(input_shape: Any, context: str) -> Shape:
-    """Returns ``input_shape`` as a tuple of ints, or raises a clear error."""
-    if isinstance(input_shape, int) or not isinstance(input_shape, Sequence):
+    """Returns ``input_shape`` as a tuple of ints, or raises a clear error.
+
+    The batch dimension (the first) may be ``-1`` (unknown), ``0`` (an empty
+    batch) or positive; every other dimension must be positive.
+    """
+    if is_int(input_shape) or not isinstance(input_shape, Sequence):
         raise TypeError(
             f"{context}: input_shape must be a tuple of ints including the batch "
             f"dimension (e.g. (-1, 28, 28, 1)), got {input_shape!r}"
         )
-    shape = tuple(input_shape)
-    for d in shape:
-        if not isinstance(d, int) or isinstance(d, bool):
-            raise TypeError(f"{context}: input_shape entries must be ints, got {shape!r}")
-    for d in shape[1:]:
-        if d <= 0:
-            raise ValueError(
-                f"{context}: non-batch dimensions of input_shape must be positive, got {shape!r}"
-            )
-    if shape and (shape[0] < -1 or shape[0] == 0):
-        raise ValueError(f"{context}: batch dimension must be positive or -1, got {shape!r}")
+    if not all(map(is_int, input_shape)):
+        raise TypeError(f"{context}: input_shape entries must be ints, got {tuple(input_shape)!r}")
+    shape = tuple(int(d) for d in input_shape)
+    if any(d <= 0 for d in shape[1:]):
+        raise ValueError(
+            f"{context}: non-batch dimensions of input_shape must be positive, got {shape!r}")
+    if shape and shape[0] < -1:
+        raise ValueError(f"{context}: batch dimension must be >= 0 or -1, got {shape!r}")
     return shape
 
 
@@ -100,13 +104,6 @@ def check_input(x: Any, expected: Shape, context: str) -> None:
         e != -1 and e != s for e, s in zip(expected, shape)
     ):
         raise ValueError(f"{context}: expected input of shape {tuple(expected)}, got {shape}")
-
-
-def positive_int(value: Any, name: str, context: str) -> int:
-    """Validates a strictly positive int argument of a layer factory."""
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{context}: {name} must be a positive int, got {value!r}")
-    return value
 
 
 # --------------------------------------------------------------------------
@@ -214,7 +211,7 @@ def parallel(*layers: NamedLayer) -> Layer:
 
 def fan_out(n: int) -> Layer:
     """Copies its input into a tuple of ``n`` identical outputs."""
-    positive_int(n, "n", "fan_out")
+    integer(n, "n", context="fan_out", minimum=1)
 
     def init(key, input_shape):
         return (tuple(input_shape),) * n, {}, {}
@@ -260,7 +257,7 @@ def fan_in_sum() -> Layer:
 
 def fan_in_concat(axis: int = -1) -> Layer:
     """Concatenates a tuple of inputs along ``axis`` (default: channels)."""
-    if not isinstance(axis, int) or axis == 0:
+    if not is_int(axis) or axis == 0:
         raise ValueError(f"fan_in_concat: axis must be a non-batch int axis, got {axis!r}")
 
     def init(key, input_shape):
@@ -330,8 +327,23 @@ def count_params(params: PyTree) -> int:
     return sum(int(jnp.size(p)) for p in jax.tree_util.tree_leaves(params))
 
 
+def compute_dtype(dtype: Any, *values: Any, at_least: Any = None) -> Any:
+    """The dtype a layer computes in.
+
+    Args:
+      dtype: the dtype asked for, or ``None`` for the promotion of ``values``
+        (arrays or dtypes, e.g. the input and the params).
+      at_least: when given, the result is promoted with it too (statistics use
+        ``at_least=jnp.float32``: float32 for bfloat16 input, float64 for float64).
+
+    Returns:
+      A NumPy dtype.
+    """
+    out = jnp.result_type(*values) if dtype is None else jnp.dtype(dtype)
+    return out if at_least is None else jnp.promote_types(out, at_least)
+
+
 def cast_to(dtype: Any, *arrays: Any) -> tuple[Any, ...]:
     """Casts arrays to the compute ``dtype``; with ``dtype=None`` promotes them together."""
-    if dtype is None:
-        dtype = jnp.result_type(*arrays)
+    dtype = compute_dtype(dtype, *arrays)
     return tuple(jnp.asarray(a, dtype) for a in arrays)

@@ -40,6 +40,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxconv.core import PyTree
+from jaxconv.validate import integer, is_int
 
 DATA_AXIS = "data"
 
@@ -77,8 +78,8 @@ def data_mesh(devices: int | Sequence[Any] | None = None, *, axis_name: str = DA
     """
     if devices is None:
         devs = list(jax.devices())
-    elif isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
-        devs = _first_devices(int(devices))
+    elif is_int(devices):
+        devs = _first_devices(integer(devices, "devices", context="data_mesh", minimum=1))
     else:
         devs = list(devices)
         if not devs:
@@ -90,8 +91,6 @@ def data_mesh(devices: int | Sequence[Any] | None = None, *, axis_name: str = DA
 
 def _first_devices(n: int) -> list[Any]:
     available = jax.devices()
-    if n < 1:
-        raise ValueError(f"data_mesh: the device count must be >= 1, got {n}")
     if n > len(available):
         raise ValueError(
             f"data_mesh: asked for {n} devices but only {len(available)} are available "
@@ -432,9 +431,5 @@ def _check_settings(coordinator_address: Any, num_processes: Any, process_id: An
     host, sep, port = str(coordinator_address).rpartition(":")
     if not isinstance(coordinator_address, str) or not sep or not host or not port.isdigit():
         raise ValueError(f"initialize: coordinator_address must be 'host:port', got {coordinator_address!r}")
-    if isinstance(num_processes, bool) or not isinstance(num_processes, (int, np.integer)) or num_processes < 1:
-        raise ValueError(f"initialize: num_processes must be an int >= 1, got {num_processes!r}")
-    if (isinstance(process_id, bool) or not isinstance(process_id, (int, np.integer))
-            or not 0 <= process_id < num_processes):
-        raise ValueError(
-            f"initialize: process_id must be an int in [0, {num_processes}), got {process_id!r}")
+    integer(num_processes, "num_processes", context="initialize", minimum=1)
+    integer(process_id, "process_id", context="initialize", minimum=0, maximum=num_processes - 1)

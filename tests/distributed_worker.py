@@ -141,15 +141,13 @@ def error_of(fn):
     return None
 
 
-def sharded(out_path):
+def _training_report(mesh4):
+    """Training on 4 devices (and 2, a user's mesh, a scan, a resumed checkpoint, fit) vs 1."""
     import jax
-    from jax.sharding import Mesh
 
-    import jaxconv as jc
     from jaxconv import distributed
 
     report = {"devices": jax.device_count()}
-    mesh4 = distributed.data_mesh()
     single = train_steps()
     sharded4 = train_steps(mesh4)
     report["params_sharding"] = str(sharded4.params["conv0"]["kernel"].sharding)
@@ -185,8 +183,33 @@ def sharded(out_path):
     report["fit_history_diff"] = max(abs(h1[k] - h4[k]) for h1, h4 in zip(hist1, hist4)
                                      for k in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"))
     report["fit_test_accuracy"] = [h["test_accuracy"] for h in hist4]
+    return report
 
-    # The command line on 4 devices (process 0 writes metrics.json).
+
+def _batch_norm_offset_report(mesh4):
+    """BatchNorm in training on a batch ``1e4 + N(0, 1)``: sharded over 4 devices vs 1.
+
+    The mean and the variance of the centred values are reductions over the sharded batch
+    axis, so the output and the running statistics must not depend on the device count.
+    """
+    import jax
+
+    import jaxconv as jc
+    from jaxconv import distributed
+
+    layer = jc.BatchNorm()
+    _, params, state = layer.init(jax.random.PRNGKey(0), (-1, 4, 4, 3))
+    x = (1e4 + np.random.RandomState(0).randn(GLOBAL_BATCH, 4, 4, 3)).astype(np.float32)
+    run = jax.jit(lambda p, s, v: layer.apply(p, s, v, train=True))
+    y1, state1 = run(params, state, x)
+    y4, state4 = run(distributed.replicate(params, mesh4), distributed.replicate(state, mesh4),
+                     distributed.shard_batch(x, mesh4))
+    y_std = float(np.asarray(y1, np.float64).reshape(-1, 3).std(0).min())
+    return {"bn_offset_diff_4_vs_1": max_diff((y4, state4), (y1, state1)), "bn_offset_y_std": y_std}
+
+
+def _cli_report(out_path):
+    """The command line on 4 devices (process 0 writes metrics.json)."""
     import contextlib
     import io
 
@@ -198,15 +221,23 @@ def sharded(out_path):
         code = main(["train", "--model", "intro_mlp", "--epochs", "1", "--batch-size", "32", "--devices", "4",
                      "--no-progress", "--out", cli_out])
     with open(os.path.join(cli_out, "metrics.json")) as f:
-        report["cli"] = {"code": code, "stdout": text.getvalue(), "metrics": json.load(f)}
+        return {"code": code, "stdout": text.getvalue(), "metrics": json.load(f)}
 
-    # Bad inputs.
+
+def _error_report(mesh4):
+    """The messages of the bad cases: indivisible batches, a mesh without a "data" axis."""
+    import jax
+    from jax.sharding import Mesh
+
+    import jaxconv as jc
+    from jaxconv import distributed
+
     net, opt = model(), optimizer()
     images, labels = data(64)
     ts0 = jc.create_train_state(net, jax.random.PRNGKey(0), (-1, 8, 8, 1), opt)
     step4 = jc.make_train_step(net, opt, mesh=mesh4)
     no_data = Mesh(np.asarray(jax.devices()), ("batch",))
-    report["errors"] = {
+    return {
         "step_batch_10": error_of(lambda: step4(distributed.replicate(ts0, mesh4), (images[:10], labels[:10]))),
         "shard_batch_10": error_of(lambda: distributed.shard_batch((images[:10], labels[:10]), mesh4)),
         "fit_batch_10": error_of(lambda: jc.fit(net, opt, (images, labels), epochs=1, batch_size=10,
@@ -219,6 +250,17 @@ def sharded(out_path):
         "shard_no_data_axis": error_of(lambda: distributed.shard_batch((images, labels), no_data)),
         "too_many_devices": error_of(lambda: distributed.data_mesh(8)),
     }
+
+
+def sharded(out_path):
+    """The 4-device report (see the module docstring), written as JSON to ``out_path``."""
+    from jaxconv import distributed
+
+    mesh4 = distributed.data_mesh()
+    report = _training_report(mesh4)
+    report.update(_batch_norm_offset_report(mesh4))
+    report["cli"] = _cli_report(out_path)
+    report["errors"] = _error_report(mesh4)
     with open(out_path, "w") as f:
         json.dump(report, f, indent=1)
 

@@ -51,9 +51,9 @@ def test_dense_without_bias_and_with_dtypes():
 
 
 def test_dense_errors():
-    with pytest.raises(ValueError, match="Dense: features must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="Dense: features must be an int >= 1, got 0"):
         jc.Dense(0)
-    with pytest.raises(ValueError, match="Dense: features must be a positive int, got -3"):
+    with pytest.raises(ValueError, match="Dense: features must be an int >= 1, got -3"):
         jc.Dense(-3)
     with pytest.raises(ValueError, match=r"Dense: expected input of rank >= 2 \(batch, ..., features\), got shape \(5,\)"):
         jc.Dense(3).init(jax.random.PRNGKey(0), (5,))

@@ -7,7 +7,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxconv.core import Layer, cast_to, check_rank, normalize_shape, positive_int
+from jaxconv.core import Layer, cast_to, check_rank, normalize_shape
+from jaxconv.validate import boolean, integer
 
 default_kernel_init = jax.nn.initializers.lecun_normal()
 
@@ -42,7 +43,8 @@ def Dense(
     Shapes: ``(N, ..., F_in) -> (N, ..., features)``; params ``kernel``
     ``(F_in, features)`` and ``bias`` ``(features,)``.
     """
-    positive_int(features, "features", "Dense")
+    integer(features, "features", context="Dense", minimum=1)
+    boolean(use_bias, "use_bias", context="Dense")
 
     def init(key, input_shape):
         shape = normalize_shape(input_shape, "Dense")
