@@ -1,33 +1,43 @@
 """Normalisation layers: BatchNorm (with running statistics in ``state``), LayerNorm, GroupNorm.
 
-Statistics are always computed in (at least) float32, also when the compute
-``dtype`` is bfloat16 or float16; the result is cast to the compute dtype.
 Conventions follow PyTorch (``epsilon=1e-5``, biased variance to normalise).
+The three share one way of computing statistics, in float32 at least (also
+when the compute ``dtype`` is bfloat16 or float16; float64 input stays
+float64), with the result cast once to the compute dtype:
+
+1. one read of ``x`` for two independent reductions, ``mean = sum(x / m)`` and
+   ``max|x|``; the latter picks a power of two ``s >= 1`` with ``|x / s| < 1``;
+2. a second read for the variance of the centred, exactly scaled values,
+   ``v = sum((x / s - mean / s)**2) / m`` (``var = v * s**2``), which neither
+   cancels (``E[x^2] - E[x]^2`` would, for a mean large against the standard
+   deviation) nor overflows (``x**2`` would, from ``|x|`` about ``1e19``);
+3. ``y = (x / s - mean / s) / sqrt(v + epsilon / s**2)``, which is
+   ``(x - mean) / sqrt(var + epsilon)``.
+
+So the output and the statistics are finite for every finite input; a batch
+variance beyond the float32 range (a standard deviation above about
+``1.8e19``) is stored as the largest float32.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxconv.core import Layer, check_rank, normalize_shape, positive_int
+from jaxconv import validate
+from jaxconv.core import Layer, check_rank, compute_dtype, normalize_shape
 
 
-def _stat_dtype(x: Any) -> Any:
-    return jnp.promote_types(jnp.result_type(x), jnp.float32)
-
-
-def _out_dtype(dtype: Any, x: Any, *params: Any) -> Any:
-    return dtype if dtype is not None else jnp.result_type(x, *params)
-
-
-def _check_epsilon(epsilon: Any, layer: str) -> None:
-    if not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or epsilon <= 0:
-        raise ValueError(f"{layer}: epsilon must be a positive number, got {epsilon!r}")
+def _check_norm_options(context: str, epsilon: Any, use_scale: Any, use_bias: Any) -> None:
+    """Factory-time checks of the arguments every normalisation layer takes."""
+    validate.number(epsilon, "epsilon", context=context, minimum=0, exclusive_minimum=True)
+    validate.boolean(use_scale, "use_scale", context=context)
+    validate.boolean(use_bias, "use_bias", context=context)
 
 
 def _affine_params(key, shape, use_scale, use_bias, scale_init, bias_init, param_dtype):
@@ -48,21 +58,79 @@ def _affine(y, params, bshape):
     return y
 
 
-def _batch_moments(x, stat_dtype, axis_name):
-    """Per-channel mean and biased variance of ``x`` over all axes but the last.
+class Moments(NamedTuple):
+    """Mean and variance of some values ``x``, the variance in exactly scaled units.
 
-    ``E[x]`` and ``E[x^2]`` (in ``stat_dtype``, at least float32) are two
-    independent reductions of ``x`` that a compiler can fuse into one read
-    (XLA:GPU does); then ``var = max(E[x^2] - E[x]^2, 0)``, the clamp absorbing
-    rounding below zero. With ``axis_name`` both moments are averaged over the
-    mapped axis (one ``pmean``) before the variance is formed.
+    Attributes:
+      mean: the mean.
+      scaled_var: ``var / 4**exponent``, below 16 (it cannot overflow).
+      exponent: an int ``>= 0`` with ``|x / 2**exponent| < 4``.
     """
-    xs = x.astype(stat_dtype)
-    mean = jnp.mean(xs, tuple(range(x.ndim - 1)))
-    mean_sq = jnp.mean(jnp.square(xs), tuple(range(x.ndim - 1)))
+
+    mean: Any
+    scaled_var: Any
+    exponent: Any
+
+    @property
+    def inv_scale(self) -> Any:
+        """``2**-exponent``, a normal (not subnormal) float in the dtype of ``mean``."""
+        return jnp.ldexp(jnp.ones_like(self.mean), -self.exponent)
+
+    @property
+    def var(self) -> Any:
+        """The variance, ``inf`` where it exceeds the dtype's range."""
+        return jnp.ldexp(self.scaled_var, 2 * self.exponent)
+
+
+def _saturate(x: Any) -> Any:
+    """``x`` with infinities replaced by the largest finite value of its dtype."""
+    big = jnp.finfo(x.dtype).max
+    return jnp.clip(x, -big, big)
+
+
+def _moments(x: Any, axes: tuple[int, ...], axis_name: Any = None) -> Moments:
+    """Mean and biased variance of ``x`` over ``axes`` (dims kept), in two reads of ``x``.
+
+    With ``axis_name`` (a mapped axis) the reductions also run over that axis
+    (``psum``/``pmax``), so the moments are those of all the mapped values.
+    """
+    count = math.prod(x.shape[a] for a in axes)
     if axis_name is not None:
-        mean, mean_sq = lax.pmean((mean, mean_sq), axis_name)
-    return mean, jnp.maximum(mean_sq - jnp.square(mean), 0)
+        count *= lax.axis_size(axis_name)
+    weight = 1 / max(count, 1)  # sum(x * weight): no overflow, unlike sum(x) / count
+
+    def reduce(values, op, collective):
+        out = op(values, axes, keepdims=True)
+        return out if axis_name is None else collective(out, axis_name)
+
+    mean = _saturate(reduce(x * weight, jnp.sum, lax.psum))  # a rounding above the largest float
+    _, exponent = jnp.frexp(lax.stop_gradient(reduce(jnp.abs(x), jnp.max, lax.pmax)))
+    # At most maxexp - 2, so that 2**-exponent is a normal number (not flushed to zero).
+    exponent = jnp.clip(exponent, 0, jnp.finfo(x.dtype).maxexp - 2)
+    inv_scale = Moments(mean, None, exponent).inv_scale
+    centered = x * inv_scale - mean * inv_scale
+    return Moments(mean, reduce(jnp.square(centered) * weight, jnp.sum, lax.psum), exponent)
+
+
+def _normalize(x: Any, moments: Moments, epsilon: float) -> Any:
+    """``(x - mean) / sqrt(var + epsilon)``, computed on scaled values (finite for finite ``x``)."""
+    inv = moments.inv_scale
+    scaled_epsilon = jnp.maximum(epsilon * inv * inv, jnp.finfo(x.dtype).tiny)
+    return (x * inv - moments.mean * inv) * lax.rsqrt(moments.scaled_var + scaled_epsilon)
+
+
+def _batch_statistics(xs: Any, state: Any, momentum: float, axis_name: Any):
+    """BatchNorm's batch moments of ``xs`` ``(N, ..., C)`` and its updated running statistics."""
+    m = math.prod(xs.shape[:-1]) * (1 if axis_name is None else lax.axis_size(axis_name))
+    if m <= 1:
+        raise ValueError(
+            "BatchNorm: training needs more than 1 value per channel to compute batch "
+            f"statistics; expected an input with N * spatial > 1, got shape {tuple(xs.shape)}")
+    moments = _moments(xs, tuple(range(xs.ndim - 1)), axis_name)
+    batch = {"mean": moments.mean.reshape(-1), "var": moments.var.reshape(-1) * (m / (m - 1))}
+    new_state = {k: _saturate((1 - momentum) * state[k] + momentum * batch[k]).astype(state[k].dtype)
+                 for k in ("mean", "var")}
+    return moments, new_state
 
 
 def BatchNorm(
@@ -88,19 +156,11 @@ def BatchNorm(
         running_mean <- (1 - momentum) * running_mean + momentum * mean
         running_var  <- (1 - momentum) * running_var  + momentum * var * m / (m - 1)
 
-    Computed as ``var = max(E[x^2] - E[x]^2, 0)`` from ``E[x]`` and ``E[x^2]``
-    (float32 or wider; two independent reductions, which XLA:GPU fuses into one
-    read of ``x``), and ``y = x * a + b`` with the per-channel
-    ``a = scale / sqrt(var + epsilon)`` and ``b = bias - mean * a`` in float32
-    (the multiply-add runs in float32 inside the element-wise pass and is cast
-    once to the compute dtype). So the big tensor is read once for the
-    statistics and once for the output, and the backward pass likewise.
-    Numerical caveat: ``E[x^2] - E[x]^2`` cancels when ``|mean|`` is large
-    against the standard deviation; in float32 the variance then carries an
-    absolute error of about ``1e-7 * mean**2`` (e.g. ``1e-3`` at ``|mean| =
-    100``), against ``1e-7 * var`` for the two-pass ``E[(x - mean)^2]``. This is
-    Flax's default fast variance; it is harmless for activations of a
-    normalised network, not for raw data with a large offset.
+    The statistics take two reads of ``x`` (the mean, then the variance of the
+    centred values; see the module docstring), the output a third; all in
+    float32 (or wider), cast once to the compute dtype. They are accurate for
+    a mean far from zero (``c + N(0, 1)`` with ``|c| = 1e4`` normalises to
+    mean 0 and standard deviation 1) and finite for every finite input.
 
     This is PyTorch's convention exactly (``momentum=0.1`` is the weight of the
     new batch, unbiased variance in the running estimate); Flax/Keras' ``momentum``
@@ -108,10 +168,10 @@ def BatchNorm(
 
     Args:
       momentum: weight of the current batch in the running averages, in ``[0, 1]``.
-      epsilon: added to the variance.
+      epsilon: added to the variance, ``> 0``.
       use_scale, use_bias: learn a per-channel scale (init 1) and bias (init 0).
       axis_name: a mapped axis name (``pmap``/``shard_map``/``vmap``): the batch
-        statistics are then averaged over that axis, so every device normalises
+        statistics are then reduced over that axis too, so every device normalises
         with the statistics of the global batch (``m`` counts all devices' values).
         Under ``jit`` with a sharded batch (``jax.sharding``) none is needed:
         the statistics are already those of the global array.
@@ -121,11 +181,11 @@ def BatchNorm(
 
     Shapes: ``(N, ..., C) -> (N, ..., C)``; params ``scale``/``bias`` ``(C,)``;
     state ``{"mean": (C,), "var": (C,)}`` in float32, initialised to 0 and 1.
-    Training needs more than one value per channel (``m > 1``).
+    Training needs more than one value per channel (``m > 1``), except that an
+    empty batch (``N = 0``) gives an empty output and leaves the state unchanged.
     """
-    if not isinstance(momentum, (int, float)) or isinstance(momentum, bool) or not 0 <= momentum <= 1:
-        raise ValueError(f"BatchNorm: momentum must be a number in [0, 1], got {momentum!r}")
-    _check_epsilon(epsilon, "BatchNorm")
+    validate.number(momentum, "momentum", context="BatchNorm", minimum=0, maximum=1)
+    _check_norm_options("BatchNorm", epsilon, use_scale, use_bias)
 
     def init(key, input_shape):
         shape = normalize_shape(input_shape, "BatchNorm")
@@ -140,60 +200,32 @@ def BatchNorm(
         if jnp.ndim(x) < 2 or jnp.shape(x)[-1] != c:
             raise ValueError(f"BatchNorm: expected input of shape (N, ..., {c}), "
                              f"got {tuple(jnp.shape(x))}")
-        x = jnp.asarray(x)
-        out_dtype = _out_dtype(dtype, x, *params.values())
-        stat = _stat_dtype(x)
+        out_dtype = compute_dtype(dtype, x, *params.values())
+        if train and jnp.size(x) == 0:  # an empty batch: nothing to normalise or to learn from
+            return jnp.asarray(x, out_dtype), state
+        xs = jnp.asarray(x, compute_dtype(None, x, at_least=jnp.float32))
         if train:
-            m = 1
-            for d in x.shape[:-1]:
-                m *= d
-            if axis_name is not None:
-                m *= lax.axis_size(axis_name)
-            if m <= 1:
-                raise ValueError(
-                    "BatchNorm: training needs more than 1 value per channel to compute batch "
-                    f"statistics; expected an input with N * spatial > 1, got shape "
-                    f"{tuple(x.shape)}")
-            mean, var = _batch_moments(x, stat, axis_name)
-            rm, rv = state["mean"], state["var"]
-            new_state = {
-                "mean": ((1 - momentum) * rm + momentum * mean).astype(rm.dtype),
-                "var": ((1 - momentum) * rv + momentum * var * (m / (m - 1))).astype(rv.dtype),
-            }
+            moments, new_state = _batch_statistics(xs, state, momentum, axis_name)
         else:
-            mean, var = state["mean"].astype(stat), state["var"].astype(stat)
+            moments = Moments(state["mean"].astype(xs.dtype), state["var"].astype(xs.dtype), 0)
             new_state = state
-        # Per channel: y = x * a + b, a = scale / sqrt(var + eps), b = bias - mean * a.
-        a = lax.rsqrt(var + epsilon)
-        if "scale" in params:
-            a = a * params["scale"].astype(stat)
-        b = -mean * a
-        if "bias" in params:
-            b = b + params["bias"].astype(stat)
-        y = x.astype(stat) * a + b
+        y = _affine(_normalize(xs, moments, epsilon), params, (c,))
         return y.astype(out_dtype), new_state
 
     return Layer(init, apply, "batch_norm")
 
 
-def _norm_axes(reduction_axes: Any, rank: int, layer: str) -> tuple[int, ...]:
-    axes = (reduction_axes,) if isinstance(reduction_axes, int) else tuple(reduction_axes)
+def _norm_axes(reduction_axes: Any, rank: int, context: str) -> tuple[int, ...]:
+    axes = (reduction_axes,) if validate.is_int(reduction_axes) else tuple(reduction_axes)
     out = []
     for a in axes:
-        if not isinstance(a, int) or isinstance(a, bool) or not -rank < a < rank or a % rank == 0:
-            raise ValueError(f"{layer}: reduction_axes must be non-batch axes of the rank-{rank} "
+        if not validate.is_int(a) or not -rank < a < rank or a % rank == 0:
+            raise ValueError(f"{context}: reduction_axes must be non-batch axes of the rank-{rank} "
                              f"input, got {reduction_axes!r}")
         out.append(a % rank)
     if len(set(out)) != len(out):
-        raise ValueError(f"{layer}: reduction_axes has repeated axes: {reduction_axes!r}")
+        raise ValueError(f"{context}: reduction_axes has repeated axes: {reduction_axes!r}")
     return tuple(sorted(out))
-
-
-def _standardize(xs: Any, axes: tuple[int, ...], epsilon: float) -> Any:
-    """``(xs - mean) / sqrt(var + epsilon)`` over ``axes`` (two-pass, biased variance)."""
-    mean = jnp.mean(xs, axes, keepdims=True)
-    var = jnp.mean(jnp.square(xs - mean), axes, keepdims=True)
-    return (xs - mean) * lax.rsqrt(var + epsilon)
 
 
 def LayerNorm(
@@ -219,8 +251,8 @@ def LayerNorm(
 
     Shapes: ``(N, ...) -> (N, ...)``. No state.
     """
-    _check_epsilon(epsilon, "LayerNorm")
-    if not isinstance(reduction_axes, int) and not (
+    _check_norm_options("LayerNorm", epsilon, use_scale, use_bias)
+    if not validate.is_int(reduction_axes) and not (
             isinstance(reduction_axes, Sequence) and reduction_axes):
         raise ValueError(f"LayerNorm: reduction_axes must be an int or a non-empty sequence "
                          f"of ints, got {reduction_axes!r}")
@@ -245,9 +277,9 @@ def LayerNorm(
             if tuple(p.shape) != pshape:
                 raise ValueError(f"LayerNorm: expected input whose axes {axes} have sizes "
                                  f"{tuple(p.shape)}, got shape {tuple(jnp.shape(x))}")
-        out_dtype = _out_dtype(dtype, x, *params.values())
-        xs = jnp.asarray(x).astype(_stat_dtype(x))
-        y = _standardize(xs, axes, epsilon)
+        out_dtype = compute_dtype(dtype, x, *params.values())
+        xs = jnp.asarray(x, compute_dtype(None, x, at_least=jnp.float32))
+        y = _normalize(xs, _moments(xs, axes), epsilon)
         bshape = tuple(jnp.shape(x)[a] if a in axes else 1 for a in range(rank))
         return _affine(y, params, bshape).astype(out_dtype), state
 
@@ -277,8 +309,8 @@ def GroupNorm(
     instance normalisation. Shapes: ``(N, ..., C) -> (N, ..., C)``; params
     ``scale``/``bias`` ``(C,)``. No state.
     """
-    positive_int(num_groups, "num_groups", "GroupNorm")
-    _check_epsilon(epsilon, "GroupNorm")
+    validate.integer(num_groups, "num_groups", context="GroupNorm", minimum=1)
+    _check_norm_options("GroupNorm", epsilon, use_scale, use_bias)
 
     def check_channels(c):
         if c % num_groups:
@@ -303,11 +335,11 @@ def GroupNorm(
                 raise ValueError(f"GroupNorm: expected input with {p.shape[0]} channels, "
                                  f"got shape {shape}")
         check_channels(c)
-        out_dtype = _out_dtype(dtype, x, *params.values())
-        xs = jnp.asarray(x).astype(_stat_dtype(x))
+        out_dtype = compute_dtype(dtype, x, *params.values())
+        xs = jnp.asarray(x, compute_dtype(None, x, at_least=jnp.float32))
         g = xs.reshape(shape[:-1] + (num_groups, c // num_groups))
         axes = tuple(range(1, g.ndim - 2)) + (g.ndim - 1,)
-        y = _standardize(g, axes, epsilon).reshape(shape)
+        y = _normalize(g, _moments(g, axes), epsilon).reshape(shape)
         return _affine(y, params, (c,)).astype(out_dtype), state
 
     return Layer(init, apply, "group_norm")

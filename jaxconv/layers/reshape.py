@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxconv.core import Layer, normalize_shape
+from jaxconv.validate import int_tuple
 
 
 def Flatten() -> Layer:
@@ -21,17 +22,19 @@ def Flatten() -> Layer:
         return (shape[0], math.prod(shape[1:])), {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
-        return jnp.reshape(x, (jnp.shape(x)[0], -1)), state
+        shape = jnp.shape(x)
+        if not shape:
+            raise ValueError(f"Flatten: expected an input with a batch dimension, got shape {shape}")
+        # The size is explicit: a -1 is ambiguous for an empty batch.
+        return jnp.reshape(x, (shape[0], math.prod(shape[1:]))), state
 
     return Layer(init, apply, "flatten")
 
 
 def Reshape(shape: Sequence[int]) -> Layer:
     """Reshapes the non-batch dimensions to ``shape`` (one entry may be ``-1``)."""
-    if isinstance(shape, int):
-        shape = (shape,)
-    target = tuple(shape)
-    if not all(isinstance(d, int) and (d > 0 or d == -1) for d in target) or target.count(-1) > 1:
+    target = int_tuple(shape, "shape", context="Reshape")
+    if not all(d > 0 or d == -1 for d in target) or target.count(-1) > 1:
         raise ValueError(
             f"Reshape: shape must be positive ints with at most one -1, got {shape!r}")
 
