@@ -367,7 +367,7 @@ def section_rows(args, log):
 
 def rows_taken(shape, rule) -> bool:
     """Whether the patches path takes the row-shift form for ``shape`` under ``rule``."""
-    from jaxconv.ops.conv import ConvSpec, padding_pairs
+    from jaxconv.ops.spec import ConvSpec, padding_pairs
     from jaxconv.ops.autotune import rows_apply
 
     window, stride = (shape.k, shape.k), (shape.stride, shape.stride)

@@ -18,7 +18,8 @@ import sys
 import jax.numpy as jnp
 from jax import lax
 
-from jaxconv.ops.conv import expand, pad_with_mode, padding_pairs
+from jaxconv.ops.spec import pad_with_mode, padding_pairs
+from jaxconv.validate import int_tuple
 from jaxconv.verify import format_report, verify
 
 
@@ -26,8 +27,8 @@ def shift_add_conv(x, kernel, *, stride=1, padding="SAME", dilation=1, groups=1,
                    padding_mode="zeros", flip=False):
     nd = kernel.ndim - 2
     window = kernel.shape[:nd]
-    strides = expand(stride, nd, "stride")
-    dilations = expand(dilation, nd, "dilation")
+    strides = int_tuple(stride, "stride", context="shift_add_conv", length=nd, minimum=1)
+    dilations = int_tuple(dilation, "dilation", context="shift_add_conv", length=nd, minimum=1)
     pads = padding_pairs(padding, x.shape[1:-1], window, strides, dilations)
     x, pads = pad_with_mode(x, pads, padding_mode)  # reflect/replicate/circular; crops remain
     x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *[(lo, hi, 0) for lo, hi in pads],

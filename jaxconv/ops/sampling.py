@@ -37,7 +37,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from jaxconv.ops.pool import check_spatial_rank
+from jaxconv.ops.spec import check_spatial_rank
 from jaxconv.validate import boolean, choice, int_tuple, integer
 
 METHODS = ("nearest", "nearest-exact", "linear", "bilinear", "trilinear", "bicubic")
