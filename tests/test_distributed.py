@@ -72,7 +72,9 @@ def test_four_devices_equal_one_device(sharded_report):
 @pytest.mark.slow
 def test_batch_norm_with_a_large_offset_on_four_devices_equals_one(sharded_report):
     # Mean, then variance of the centred values: both global reductions over the sharded batch.
-    assert sharded_report["bn_offset_diff_4_vs_1"] <= 1e-4  # outputs of order 1, state of 1e3
+    # The float32 spacing at 1e4 is 1e-3: the two reduction orders give means a few of those
+    # apart. Per-device statistics (8 examples each) would move the outputs by about 0.1.
+    assert sharded_report["bn_offset_diff_4_vs_1"] <= 1e-2
     assert abs(sharded_report["bn_offset_y_std"] - 1) <= 0.01
 
 
