@@ -113,7 +113,7 @@ def evaluate(
         ``K`` outputs).
     """
     integer(batch_size, "batch_size", context="evaluate", minimum=1)
+    eval_step = eval_step or make_eval_step(model, loss_fn, mesh=mesh)  # checks the mesh
     images, labels = check_split(data, name="the data", context="evaluate")
     check_labels(labels, output_shape(model, params, state, images), name="the data", context="evaluate")
-    eval_step = eval_step or make_eval_step(model, loss_fn, mesh=mesh)
     return evaluate_batches(eval_step, params, state, images, labels, batch_size=batch_size, mesh=mesh)
