@@ -5,8 +5,8 @@ parameters and statistics. Inference logits, in float32 (matmul precision
 "highest"), on random images at two sizes (a square and a non-square one),
 agree within a relative error of 1e-4 (``max |diff| / max |logits|``); the
 running statistics after one training forward, in float64, within 1e-5 of
-the update; the parameter counts exactly. One ``ZooCheck`` (one conversion,
-one jitted forward per mode) per model.
+the update; the parameter counts exactly (``tests/torchvision_ref.py``). One
+``ZooCheck`` (one conversion, one jitted forward per mode) per model.
 """
 
 from __future__ import annotations
@@ -17,12 +17,9 @@ import pytest
 
 from jaxconv import zoo
 from jaxconv.zoo.resnet import resnet
-from tests.torchvision_ref import ZooCheck, import_torchvision, random_images, randomize_batch_norms, relative_error
+from tests.torchvision_ref import random_images, relative_error, torchvision_check
 
 NUM_CLASSES = 10
-TOLERANCE = 1e-4
-#: Training forwards run in float64; PyTorch's statistics are stored in float32 after conversion.
-STATISTICS_TOLERANCE = 1e-5
 #: Input sizes ``(H, W)``: one square, one not; the largest models stay small.
 SIZES = {
     "resnet18": [(64, 64), (96, 80)],
@@ -35,43 +32,29 @@ SIZES = {
 SLOW = {"resnet50", "resnet101", "wide_resnet50_2", "resnext50_32x4d"}
 NAMES = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in SIZES]
 #: Training needs more than one value per channel in the last stage (2x2 at 64x64).
-TRAIN_SIZE = (64, 64)
+TRAIN_SHAPE = (2, 64, 64, 3)
 
 
-def batch_shape(hw):
-    return (2, *hw, 3)
+def batch_shapes(name):
+    return [(2, *hw, 3) for hw in SIZES[name]]
 
 
 @pytest.fixture(scope="module", params=NAMES)
 def check(request):
-    """The torchvision model (random weights and statistics) and its conversion, per model."""
-    name = request.param
-    tv = import_torchvision()
-    torch_model = getattr(tv.models, name)(weights=None, num_classes=NUM_CLASSES)
-    randomize_batch_norms(torch_model, seed=1)
-    model = getattr(zoo, name)(NUM_CLASSES, impl="lax")
-    check = ZooCheck(torch_model, model, batch_shape(SIZES[name][0]))
-    check.name = name
-    return check
+    """torchvision's model (random weights and statistics) and its conversion, one per model."""
+    return torchvision_check(request.param, batch_shapes(request.param)[0], NUM_CLASSES)
 
 
 def test_param_counts_equal_torchvision(check):
-    init, converted, torch_count = check.param_counts(batch_shape(SIZES[check.name][0]))
-    assert init == converted == torch_count
+    check.assert_param_counts_equal(batch_shapes(check.name)[0])
 
 
 def test_logits_match_torchvision_at_two_sizes(check):
-    errors = {hw: check.logits_error(batch_shape(hw), seed=i)
-              for i, hw in enumerate(SIZES[check.name])}
-    assert max(errors.values()) <= TOLERANCE, errors
+    check.assert_logits_match(batch_shapes(check.name))
 
 
 def test_train_forward_updates_running_statistics_as_torchvision(check):
-    errors = check.statistics_errors(batch_shape(TRAIN_SIZE), seed=3)
-    bn_count = sum(isinstance(m, check.torch.nn.BatchNorm2d) for m in check.torch_model.modules())
-    assert len(errors) == 2 * bn_count
-    assert max(errors.values()) <= STATISTICS_TOLERANCE, {
-        k: v for k, v in errors.items() if v > STATISTICS_TOLERANCE}
+    check.assert_statistics_match(TRAIN_SHAPE)
 
 
 def test_impl_reaches_every_convolution():

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxconv import count_params
+from jaxconv import count_params, zoo
 from jaxconv.convert import load_torch_state_dict
 from tests.torch_ref import import_torch
 
@@ -76,6 +76,12 @@ def random_images(shape, seed):
     return np.random.RandomState(seed).standard_normal(shape).astype(np.float32)
 
 
+#: Inference, float32: ``relative_error`` of the outputs.
+LOGITS_TOLERANCE = 1e-4
+#: Training, float64: ``relative_error`` of the statistics' update (PyTorch's stored in float32).
+STATISTICS_TOLERANCE = 1e-5
+
+
 class ZooCheck:
     """A PyTorch model (eval mode) and the jaxconv model loaded from its ``state_dict``.
 
@@ -85,7 +91,8 @@ class ZooCheck:
     (full float32 convolutions and matmuls on every backend), training in float64.
     """
 
-    def __init__(self, torch_model, model, input_shape):
+    def __init__(self, torch_model, model, input_shape, name=""):
+        self.name = name
         self.torch = import_torch()
         self.torch_model = torch_model.eval()
         self.model = model
@@ -137,3 +144,32 @@ class ZooCheck:
                                             got, want, state)
         return {jax.tree_util.keystr(path): err
                 for path, err in jax.tree_util.tree_leaves_with_path(errors)}
+
+    def assert_param_counts_equal(self, input_shape):
+        counts = self.param_counts(input_shape)
+        assert counts[0] == counts[1] == counts[2], f"{self.name}: (init, converted, torch) {counts}"
+
+    def assert_logits_match(self, shapes):
+        """Inference on random images of each of ``shapes``; returns ``{shape: error}``."""
+        errors = {shape: self.logits_error(shape, seed=i) for i, shape in enumerate(shapes)}
+        assert max(errors.values()) <= LOGITS_TOLERANCE, f"{self.name}: {errors}"
+        return errors
+
+    def assert_statistics_match(self, shape):
+        """One training forward updates every BatchNorm's statistics as PyTorch's does."""
+        errors = self.statistics_errors(shape, seed=7)
+        count = sum(isinstance(m, self.torch.nn.BatchNorm2d) for m in self.torch_model.modules())
+        assert count and len(errors) == 2 * count, f"{self.name}: {count} BatchNorms, {errors}"
+        bad = {k: v for k, v in errors.items() if not v <= STATISTICS_TOLERANCE}
+        assert not bad, f"{self.name}: {bad}"
+        return errors
+
+
+def torchvision_check(name, input_shape, num_classes=10):
+    """``ZooCheck`` of torchvision's ``name`` (random weights and BatchNorm statistics) against
+    ``jaxconv.zoo``'s ``name`` with ``impl="lax"``."""
+    torch_model = getattr(import_torchvision().models, name)(weights=None,
+                                                             num_classes=num_classes)
+    randomize_batch_norms(torch_model, seed=1)
+    model = getattr(zoo, name)(num_classes, impl="lax")
+    return ZooCheck(torch_model, model, input_shape, name=name)
