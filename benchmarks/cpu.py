@@ -515,7 +515,8 @@ def section_train(args, log):
     times = {name: [] for name in runs}
 
     def train(name, tree, own_extra, cache, record=True):
-        out = os.path.join(tmp, "runs", name.replace(" ", "_").replace(",", ""))
+        # A fresh directory per run: a run directory belongs to one run.
+        out = tempfile.mkdtemp(dir=tmp, prefix=name.replace(" ", "_").replace(",", "") + "-")
         env = dict(os.environ, PYTHONPATH=tree,
                    JAXCONV_COMPILATION_CACHE=cache or tempfile.mkdtemp(dir=tmp, prefix="cache-"))
         start = time.perf_counter()

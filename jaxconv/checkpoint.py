@@ -54,6 +54,7 @@ import numpy as np
 import safetensors.numpy
 
 from jaxconv.validate import integer, is_int
+from jaxconv.version import __version__
 
 FORMAT = "jaxconv.checkpoint/2"
 LEGACY_FORMAT = "jaxconv.checkpoint/1"
@@ -202,8 +203,6 @@ def named_leaves(tree: Any) -> list[tuple[str, Any]]:
 
 def _versions() -> dict[str, str]:
     import optax
-
-    from jaxconv import __version__
 
     try:
         import jaxlib
