@@ -76,6 +76,19 @@ def random_images(shape, seed):
     return np.random.RandomState(seed).standard_normal(shape).astype(np.float32)
 
 
+def numpy_init(model, input_shape, seed=0):
+    """``(params, state)`` for ``model`` drawn with NumPy (no jit compile, unlike ``model.init``).
+
+    Params are normal with standard deviation 0.2; the state (BatchNorm
+    statistics) is all ones, a valid mean and variance.
+    """
+    rng = np.random.RandomState(seed)
+    params, state = jax.eval_shape(lambda k: model.init(k, input_shape)[1:], jax.random.key(0))
+    return (jax.tree_util.tree_map(lambda s: 0.2 * rng.standard_normal(s.shape).astype(s.dtype),
+                                   params),
+            jax.tree_util.tree_map(lambda s: np.ones(s.shape, s.dtype), state))
+
+
 #: Inference, float32: ``relative_error`` of the outputs.
 LOGITS_TOLERANCE = 1e-4
 #: Training, float64: ``relative_error`` of the statistics' update (PyTorch's stored in float32).
