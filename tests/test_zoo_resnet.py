@@ -17,7 +17,14 @@ import pytest
 
 from jaxconv import zoo
 from jaxconv.zoo.resnet import resnet
-from tests.torchvision_ref import numpy_init, random_images, relative_error, torchvision_check
+from tests.torchvision_ref import (
+    init_param_count,
+    numpy_init,
+    random_images,
+    relative_error,
+    torchvision_check,
+    torchvision_param_count,
+)
 
 NUM_CLASSES = 10
 #: Input sizes ``(H, W)``: one square, one not; the largest models stay small.
@@ -55,6 +62,11 @@ def test_logits_match_torchvision_at_two_sizes(check):
 
 def test_train_forward_updates_running_statistics_as_torchvision(check):
     check.assert_statistics_match(TRAIN_SHAPE)
+
+
+@pytest.mark.parametrize("name", list(SIZES))
+def test_param_counts_with_1000_classes_equal_torchvision(name):
+    assert init_param_count(getattr(zoo, name)(), (1, 224, 224, 3)) == torchvision_param_count(name)
 
 
 def test_impl_reaches_every_convolution():

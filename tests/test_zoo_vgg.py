@@ -16,7 +16,7 @@ import pytest
 
 from jaxconv import zoo
 from jaxconv.zoo.vgg import vgg
-from tests.torchvision_ref import torchvision_check
+from tests.torchvision_ref import init_param_count, torchvision_check, torchvision_param_count
 
 NUM_CLASSES = 10
 SIZES = [(2, 32, 32, 3), (2, 64, 48, 3)]
@@ -43,6 +43,11 @@ def test_train_forward_updates_running_statistics_as_torchvision(check):
         check.assert_statistics_match(SIZES[0])
     else:  # no BatchNorm, no statistics
         assert not jax.tree_util.tree_leaves(check.state)
+
+
+@pytest.mark.parametrize("name", ["vgg11", "vgg11_bn", "vgg16", "vgg16_bn"])
+def test_param_counts_with_1000_classes_equal_torchvision(name):
+    assert init_param_count(getattr(zoo, name)(), (1, 224, 224, 3)) == torchvision_param_count(name)
 
 
 def test_first_linear_columns_are_reordered_from_channels_first(check):

@@ -76,6 +76,20 @@ def random_images(shape, seed):
     return np.random.RandomState(seed).standard_normal(shape).astype(np.float32)
 
 
+def init_param_count(model, input_shape):
+    """The number of parameters ``model.init`` makes, counted without making them."""
+    shapes = jax.eval_shape(lambda k: model.init(k, input_shape)[1], jax.random.key(0))
+    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(shapes))
+
+
+def torchvision_param_count(name, **kwargs):
+    """The number of parameters of torchvision's ``name``, built on the "meta" device (no memory)."""
+    torch = import_torch()
+    with torch.device("meta"):
+        model = getattr(import_torchvision().models, name)(weights=None, **kwargs)
+    return sum(p.numel() for p in model.parameters())
+
+
 def numpy_init(model, input_shape, seed=0):
     """``(params, state)`` for ``model`` drawn with NumPy (no jit compile, unlike ``model.init``).
 
@@ -122,10 +136,8 @@ class ZooCheck:
 
     def param_counts(self, input_shape):
         """``(jaxconv init, converted params, torchvision)`` parameter counts."""
-        shapes = jax.eval_shape(lambda k: self.model.init(k, input_shape)[1], jax.random.key(0))
-        init = sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(shapes))
         torch_count = sum(p.numel() for p in self.torch_model.parameters())
-        return init, count_params(self.params), torch_count
+        return init_param_count(self.model, input_shape), count_params(self.params), torch_count
 
     def logits_error(self, shape, seed=0):
         """Relative error of jaxconv's inference output against PyTorch's, on random images."""

@@ -42,7 +42,7 @@ _CONV_INIT = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 #: ``nn.Linear``'s kernel initialisation (``kaiming_uniform_(a=sqrt(5))``).
 _LINEAR_INIT = jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 
-#: Output channels of a block per input channel of its first convolution.
+#: A block's output channels per ``planes``.
 _EXPANSION = {"basic": 1, "bottleneck": 4}
 
 

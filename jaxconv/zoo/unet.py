@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from jaxconv import validate
 from jaxconv.core import Layer, fan_in_concat, fan_out, normalize_shape, parallel, serial
-from jaxconv.layers import BatchNorm, Conv, ConvTranspose, Identity, Lambda, MaxPool, Relu
+from jaxconv.layers import BatchNorm, Conv, ConvTranspose, Identity, MaxPool, Relu, Upsample
 
 #: The ways ``unet`` can double the resolution in its decoder.
 UPSAMPLERS = ("transpose", "upsample")
@@ -51,11 +51,6 @@ def double_conv(features: int, *, impl: str = "auto", dtype: Any = None) -> Laye
     return serial(*layers)
 
 
-def _nearest_2x(x: Any) -> Any:
-    """Nearest-neighbour upsampling by 2 of the two spatial axes of ``(N, H, W, C)``."""
-    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-
-
 def upsampler(features: int, up: str = "transpose", *, impl: str = "auto",
               dtype: Any = None) -> Layer:
     """Doubles the resolution: ``(N, H, W, C) -> (N, 2H, 2W, features)``.
@@ -65,10 +60,10 @@ def upsampler(features: int, up: str = "transpose", *, impl: str = "auto",
     ``serial(upsample: nearest 2x, conv: Conv(features, 3, padding=1))``
     (``nn.Upsample(scale_factor=2)`` then ``Conv2d(C, features, 3, padding=1)``).
     """
-    validate.choice(up, "up", UPSAMPLERS, context="unet")
+    validate.choice(up, "up", UPSAMPLERS, context="upsampler")
     if up == "transpose":
         return ConvTranspose(features, 2, stride=2, padding=0, impl=impl, dtype=dtype)
-    return serial(("upsample", Lambda(_nearest_2x, kind="upsample")),
+    return serial(("upsample", Upsample(scale_factor=2, method="nearest")),
                   ("conv", Conv(features, 3, padding=1, impl=impl, dtype=dtype)))
 
 
