@@ -3,10 +3,12 @@
 Layouts (PyTorch -> jaxconv, channels-last):
 
 - ``Conv{1,2,3}d.weight`` ``(O, I // groups, *k)`` -> ``kernel`` ``(*k, I // groups, O)``
-  (``OIHW -> HWIO``).
+  (``OIHW -> HWIO``); depthwise ones (``groups = I``) included, ``(I, 1, *k)`` ->
+  ``(*k, 1, I)``, and ``SqueezeExcite``'s 1x1 ``fc1``/``fc2`` ``(S, C, 1, 1)`` ->
+  ``(1, 1, C, S)``.
 - ``ConvTranspose{1,2,3}d.weight`` ``(C, F // groups, *k)`` -> ``kernel``
-  ``(*k, F // groups, C)``: the layout of the convolution it transposes
- , the same axis permutation as for ``Conv``.
+  ``(*k, F // groups, C)``: the layout of the convolution it transposes,
+  the same axis permutation as for ``Conv``.
 - ``Linear.weight`` ``(out, in)`` -> ``kernel`` ``(in, out)``. When the Linear
   follows ``torch.flatten`` of an NCHW feature map, its input columns are in
   ``(C, H, W)`` order, while ``jaxconv.Flatten`` of NHWC gives ``(H, W, C)``
@@ -14,20 +16,28 @@ Layouts (PyTorch -> jaxconv, channels-last):
 - ``BatchNorm*d`` ``weight, bias, running_mean, running_var`` -> params
   ``{"scale", "bias"}`` and state ``{"mean", "var"}`` (same momentum convention).
 - ``GroupNorm``/``LayerNorm`` (over channels) ``weight, bias`` -> ``{"scale", "bias"}``.
+- A parameter a module holds itself, such as ConvNeXt's ``layer_scale``
+  ``(C, 1, 1)``, -> the one param of the layer named like it (``LayerScale``'s
+  ``scale`` ``(C,)``), without the unit axes.
 
 ``load_torch_state_dict(model, input_shape, state_dict)`` does all of this for a
-whole network, pairing jaxconv layers and PyTorch modules in order (or by an
-explicit mapping) and detecting the Flatten -> Dense case from the model's shapes.
+whole network, pairing jaxconv layers and PyTorch modules by name, the rest in
+order (or by an explicit mapping), and detecting the Flatten -> Dense case from
+the model's shapes. ``read_state_dict`` reads a ``.safetensors`` file (no torch
+needed) or a ``.pt``/``.pth`` file (through ``torch.load(weights_only=True)``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import safetensors
+import safetensors.numpy
 
 from jaxconv.core import Layer
 from jaxconv.structure import init_shapes, walk
@@ -41,7 +51,10 @@ def _array(value: Any, name: str) -> np.ndarray:
         not numbers (an object array, e.g. holding ``None``; strings).
     """
     if hasattr(value, "detach"):  # a torch tensor: accept it without importing torch
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":  # NumPy cannot take it; float32 is exact
+            value = value.float()
+        value = value.numpy()
     array = np.asarray(value)
     if jnp.issubdtype(array.dtype, jnp.complexfloating):
         raise ValueError(f"convert: {name}: expected a real array, got dtype {array.dtype}; "
@@ -120,6 +133,52 @@ def batch_norm(weight: Any, bias: Any, running_mean: Any, running_var: Any, *,
 
 
 # --------------------------------------------------------------------------
+# State-dict files.
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
+    """The tensors of a saved PyTorch ``state_dict``, in the file's order.
+
+    Args:
+      path: a ``.safetensors`` file (read with ``safetensors.numpy``; no torch
+        needed; its tensors come sorted by name, not in the modules' order),
+        or a ``.pt``/``.pth`` file written by ``torch.save``, read with
+        ``torch.load(weights_only=True)`` when PyTorch is installed. jaxconv
+        never unpickles a file itself.
+
+    Returns:
+      ``{name: array}``: NumPy arrays, or torch tensors from a ``.pt``/``.pth`` file.
+
+    Raises:
+      ValueError: another suffix, a damaged safetensors file, or a ``.pt`` file
+        that does not hold a ``{name: tensor}`` mapping.
+      ImportError: a ``.pt``/``.pth`` file without PyTorch installed.
+    """
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".safetensors":
+        try:
+            return safetensors.numpy.load_file(path)
+        except safetensors.SafetensorError as e:
+            raise ValueError(f"convert: {path}: not a readable safetensors file ({e})") from e
+    if suffix not in _PICKLE_SUFFIXES:
+        raise ValueError(f"convert: {path}: expected a .safetensors, .pt or .pth state_dict file, "
+                         f"got suffix {suffix!r}")
+    try:
+        import torch  # optional: only .pt/.pth files need it
+    except ImportError as e:
+        raise ImportError(
+            f"convert: {path} is a pickled PyTorch file, which jaxconv only reads through "
+            "torch.load(weights_only=True): install torch, or convert the file to .safetensors "
+            "(safetensors.torch.save_file(state_dict, ...))") from e
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(loaded, Mapping) or not all(isinstance(k, str) for k in loaded):
+        raise ValueError(f"convert: {path}: expected a state_dict ({{name: tensor}}), "
+                         f"got a {type(loaded).__name__}")
+    return dict(loaded)
+
+
+# --------------------------------------------------------------------------
 # Whole networks.
 
 
@@ -142,9 +201,24 @@ class _Module(NamedTuple):
     tensors: Mapping[str, Any]
 
 
+class _Leaf(NamedTuple):
+    """A jaxconv layer with weights: its params path, PyTorch-style name and weights' shapes.
+
+    ``flatten_from`` is PyTorch's ``(C, *spatial)`` of a feature map flattened
+    straight into this layer (a Dense after Flatten), else ``None``.
+    """
+
+    path: str
+    name: str
+    params: Any
+    state: Any
+    flatten_from: tuple | None
+
+
 # jaxconv param/state name -> PyTorch tensor name
 _TORCH_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
                 "var": "running_var"}
+_PICKLE_SUFFIXES = (".pt", ".pth")
 
 
 def _take(module: _Module, key: str, expected: Any, torch_shape: Sequence[int] | None = None,
@@ -179,12 +253,32 @@ def _kernel(module: _Module, kernel: Any, flatten_from: Sequence[int] | None) ->
         a, flatten_from=flatten_from, name=module.prefix))
 
 
-def _convert_leaf(module: _Module, layer_params: dict, layer_state: dict,
-                  flatten_from: Sequence[int] | None) -> tuple[dict, dict]:
+def _is_direct(module: _Module, layer_params: dict, layer_state: dict) -> bool:
+    """Whether ``module`` is one parameter that a PyTorch module holds itself (not in a
+    submodule, like ConvNeXt's ``layer_scale``), for a layer with exactly one param."""
+    return (len(module.tensors) == 1 and set(module.tensors).isdisjoint(_TORCH_NAMES.values())
+            and len(layer_params) == 1 and not layer_state)
+
+
+def _convert_direct(module: _Module, layer_params: dict) -> dict:
+    """A directly held parameter -> the layer's one param, dropping trailing unit axes
+    (ConvNeXt's ``layer_scale`` ``(C, 1, 1)`` -> LayerScale's ``scale`` ``(C,)``)."""
+    ((key, raw),) = module.tensors.items()
+    ((param, expected),) = layer_params.items()
+    units = max(0, len(np.shape(raw)) - expected.ndim)
+    torch_shape = (*expected.shape, *(1,) * units)
+    return {param: _take(module, key, expected, torch_shape,
+                         lambda a: a.reshape(expected.shape))}
+
+
+def _convert_leaf(module: _Module, leaf: _Leaf) -> tuple[dict, dict]:
     """Converts one PyTorch module's tensors to the structure of one jaxconv layer."""
+    layer_params, layer_state = leaf.params, leaf.state
+    if _is_direct(module, layer_params, layer_state):
+        return _convert_direct(module, layer_params), {}
     params, state = {}, {}
     if "kernel" in layer_params:
-        params["kernel"] = _kernel(module, layer_params["kernel"], flatten_from)
+        params["kernel"] = _kernel(module, layer_params["kernel"], leaf.flatten_from)
     elif "scale" in layer_params:
         params["scale"] = _take(module, "weight", layer_params["scale"])
     if "bias" in layer_params:
@@ -210,12 +304,33 @@ def _set(tree: dict, path: str, value: Any) -> None:
     tree[keys[-1]] = value
 
 
-def _weighted_layers(model: Layer, input_shape: tuple) -> list[tuple[str, Any, Any, Any]]:
-    """``[(path, params, state, flatten_from), ...]`` of the leaf layers with params or state.
+def _torch_name(model: Layer, path: str) -> str:
+    """The PyTorch-style name of the layer at ``path``: ``"."`` for ``"/"``, and without the
+    ``body`` key of a ``residual``, whose layers are named like those of a ``serial``."""
+    names, layer = [], model
+    for key in path.split("/"):
+        if not (layer.kind == "residual" and key == "body"):
+            names.append(key)
+        layer = dict(layer.children).get(key, layer)
+    return ".".join(names)
 
-    ``flatten_from`` is PyTorch's ``(C, *spatial)`` of a feature map flattened
-    straight into this layer (a Dense after Flatten), else ``None``.
-    """
+
+def _split(leaf: _Leaf) -> list[_Leaf]:
+    """A layer whose params are sub-layers' dicts (``SqueezeExcite``'s ``fc1``/``fc2``,
+    ``SeparableConv``'s ``depthwise``/``pointwise``) as one leaf per sub-layer with weights."""
+    if not leaf.params or not all(isinstance(v, dict) for v in leaf.params.values()):
+        return [leaf]
+    out = []
+    for key, params in leaf.params.items():
+        sub = _Leaf(f"{leaf.path}/{key}", f"{leaf.name}.{key}", params,
+                    leaf.state.get(key, {}), None)
+        if jax.tree_util.tree_leaves((sub.params, sub.state)):
+            out.extend(_split(sub))
+    return out
+
+
+def _weighted_layers(model: Layer, input_shape: tuple) -> list[_Leaf]:
+    """The leaf layers with params or state, in execution order."""
     leaves, flatten_origin = [], None
     for info in walk(model, input_shape):
         _, p, s = init_shapes(info.layer, info.input_shape)
@@ -226,25 +341,53 @@ def _weighted_layers(model: Layer, input_shape: tuple) -> list[tuple[str, Any, A
             origin = None
             if flatten_origin is not None and "kernel" in p and p["kernel"].ndim == 2:
                 origin = (flatten_origin[-1], *flatten_origin[:-1])
-            leaves.append((info.path, p, s, origin))
+            leaves += _split(_Leaf(info.path, _torch_name(model, info.path), p, s, origin))
             flatten_origin = None
         elif tuple(info.output_shape) != tuple(info.input_shape):
             flatten_origin = None
     return leaves
 
 
-def _pair(leaves: list, modules: list[tuple[str, dict]],
-          mapping: Mapping[str, str] | None) -> list[tuple[tuple, tuple[str, dict]]]:
-    """Pairs each weighted jaxconv layer with its torch module: in order, or by ``mapping``."""
-    if mapping is None:
-        if len(modules) != len(leaves):
-            raise ValueError(
-                f"convert: the jaxconv model has {len(leaves)} layers with weights "
-                f"{[p for p, *_ in leaves]}, but the state_dict has {len(modules)} modules "
-                f"{[m for m, _ in modules]}; pass mapping={{jaxconv_path: torch_prefix}}")
-        return list(zip(leaves, modules))
+def _pair_by_name(leaves: list[_Leaf], modules: list[tuple[str, dict]]
+                  ) -> tuple[list[tuple[_Leaf, _Module]], list[_Leaf], list[tuple[str, dict]]]:
+    """Pairs each layer whose PyTorch-style name is a module's prefix (or the key of a tensor
+    a module holds itself); returns the pairs and the unpaired layers and modules, in order."""
+    left = {prefix: dict(tensors) for prefix, tensors in modules}
+    pairs, unpaired = [], []
+    for leaf in leaves:
+        prefix, _, key = leaf.name.rpartition(".")
+        if leaf.name in left:
+            pairs.append((leaf, _Module(leaf.path, leaf.name, left.pop(leaf.name))))
+        elif key in left.get(prefix, {}) and key not in _TORCH_NAMES.values():
+            pairs.append((leaf, _Module(leaf.path, prefix, {key: left[prefix].pop(key)})))
+        else:
+            unpaired.append(leaf)
+    return pairs, unpaired, [(p, left[p]) for p, _ in modules if left.get(p)]
+
+
+def _pair_by_order(leaves: list[_Leaf], modules: list[tuple[str, dict]], ordered: bool,
+                   ) -> list[tuple[_Leaf, _Module]]:
+    """Pairs the layers and modules that names did not pair, in order."""
+    paths, prefixes = [leaf.path for leaf in leaves], [m for m, _ in modules]
+    if leaves and not ordered:
+        raise ValueError(
+            f"convert: jaxconv layers {paths} have no torch module of the same name, and a "
+            f".safetensors file does not keep the modules' order (its tensors are sorted by "
+            f"name; unpaired modules: {prefixes}); pass mapping={{jaxconv_path: torch_prefix}}")
+    if len(modules) != len(leaves):
+        raise ValueError(
+            f"convert: the jaxconv model has {len(leaves)} layers with weights {paths} that no "
+            f"torch module name matches, but the state_dict has {len(modules)} such modules "
+            f"{prefixes}; pass mapping={{jaxconv_path: torch_prefix}}")
+    return [(leaf, _Module(leaf.path, prefix, tensors))
+            for leaf, (prefix, tensors) in zip(leaves, modules)]
+
+
+def _pair_by_mapping(leaves: list[_Leaf], modules: list[tuple[str, dict]],
+                     mapping: Mapping[str, str]) -> list[tuple[_Leaf, _Module]]:
+    """Pairs each layer with the module ``mapping`` names for its path."""
     by_prefix = dict(modules)
-    paths = {leaf[0]: leaf for leaf in leaves}
+    paths = {leaf.path: leaf for leaf in leaves}
     unknown = set(mapping) - set(paths)
     if unknown:
         raise ValueError(f"convert: mapping names jaxconv layers {sorted(unknown)} that "
@@ -256,11 +399,22 @@ def _pair(leaves: list, modules: list[tuple[str, dict]],
         if prefix not in by_prefix:
             raise ValueError(f"convert: torch module {prefix!r} (for {path!r}) is not in "
                              f"the state_dict; it has {sorted(by_prefix)}")
-    return [(paths[path], (prefix, by_prefix[prefix])) for path, prefix in mapping.items()]
+    return [(paths[path], _Module(path, prefix, by_prefix[prefix]))
+            for path, prefix in mapping.items()]
+
+
+def _pair(leaves: list[_Leaf], modules: list[tuple[str, dict]],
+          mapping: Mapping[str, str] | None, ordered: bool) -> list[tuple[_Leaf, _Module]]:
+    """Pairs each weighted jaxconv layer with its torch module: by ``mapping``, else by name,
+    then the rest in order."""
+    if mapping is not None:
+        return _pair_by_mapping(leaves, modules, mapping)
+    pairs, leaves, modules = _pair_by_name(leaves, modules)
+    return pairs + _pair_by_order(leaves, modules, ordered)
 
 
 def load_torch_state_dict(model: Layer, input_shape: Sequence[int],
-                          state_dict: Mapping[str, Any],
+                          state_dict: Mapping[str, Any] | str | os.PathLike,
                           mapping: Mapping[str, str] | None = None,
                           ) -> tuple[Any, Any]:
     """Builds jaxconv ``(params, state)`` for ``model`` from a PyTorch ``state_dict``.
@@ -268,14 +422,21 @@ def load_torch_state_dict(model: Layer, input_shape: Sequence[int],
     Args:
       model: the jaxconv network matching the PyTorch one.
       input_shape: jaxconv input shape ``(N, *spatial, C)`` (``N`` may be ``-1``).
-      state_dict: ``{name: array}``; NumPy arrays (or torch tensors, converted
-        with ``.numpy()``). ``num_batches_tracked`` entries are ignored.
+      state_dict: ``{name: array}`` (NumPy arrays or torch tensors), or the path
+        of a ``.safetensors``, ``.pt`` or ``.pth`` file (see ``read_state_dict``).
+        ``num_batches_tracked`` entries are ignored.
       mapping: ``{jaxconv_path: torch_module_prefix}`` (e.g.
         ``{"conv0": "conv1", "dense0": "fc1"}``) for every jaxconv layer with
-        params or state; when ``None``, layers and modules are paired in order.
+        params or state (``SqueezeExcite``'s are ``path/fc1`` and ``path/fc2``).
 
-    A ``Dense`` whose input comes from ``Flatten`` of a feature map gets its
-    columns permuted from PyTorch's ``(C, H, W)`` flatten order automatically.
+    Without ``mapping``, a layer whose path, with ``"."`` for ``"/"`` and
+    without ``residual``'s ``body`` key, is the prefix of a module
+    (``features/2/body/conv/0/0`` and ``features.2.conv.0.0``), or the key of a
+    parameter a module holds itself (ConvNeXt's ``layer_scale``), is paired
+    with it; the remaining layers and modules are paired in order (which a
+    ``.safetensors`` file does not keep). A ``Dense`` whose input comes from
+    ``Flatten`` of a feature map gets its columns permuted from PyTorch's
+    ``(C, H, W)`` flatten order automatically.
 
     Returns:
       ``(params, state)`` with the structure, shapes and dtypes of ``model.init``.
@@ -285,15 +446,19 @@ def load_torch_state_dict(model: Layer, input_shape: Sequence[int],
         the tensor, the expected and the received shape), or a tensor that is
         complex or not numeric (naming the tensor).
     """
-    input_shape = tuple(input_shape)
+    input_shape, ordered = tuple(input_shape), True
+    if isinstance(state_dict, (str, os.PathLike)):
+        ordered = not os.fspath(state_dict).lower().endswith(".safetensors")
+        state_dict = read_state_dict(state_dict)
     _, like_params, like_state = init_shapes(model, input_shape)
-    pairs = _pair(_weighted_layers(model, input_shape), _torch_modules(state_dict), mapping)
+    pairs = _pair(_weighted_layers(model, input_shape), _torch_modules(state_dict), mapping,
+                  ordered)
     params = jax.tree_util.tree_map(lambda a: None, like_params)
     state = jax.tree_util.tree_map(lambda a: None, like_state)
-    for (path, p, s, origin), (prefix, tensors) in pairs:
-        new_p, new_s = _convert_leaf(_Module(path, prefix, tensors), p, s, origin)
+    for leaf, module in pairs:
+        new_p, new_s = _convert_leaf(module, leaf)
         if new_p:
-            _set(params, path, new_p)
+            _set(params, leaf.path, new_p)
         if new_s:
-            _set(state, path, new_s)
+            _set(state, leaf.path, new_s)
     return params, state

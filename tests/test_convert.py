@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors.numpy
 
 import jaxconv as jc
 from jaxconv import convert
@@ -171,3 +174,185 @@ def test_torch_conv3d_and_conv_transpose_layouts():
                      jnp.zeros((2, *out_hw, 4)))
     (y,) = vjp(jnp.asarray(xt.transpose(0, 2, 3, 1)))
     np.testing.assert_allclose(y, expected.transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------
+# Pairing by name: residual blocks, squeeze-and-excitation, depthwise convolutions,
+# a parameter a module holds itself (layer scale); state_dict files.
+
+
+def torch_block_net(torch):
+    """A PyTorch net with ConvNeXt/EfficientNet-style blocks: ``x + layer_scale * block(x)``,
+    ``block`` = depthwise conv, BatchNorm, squeeze-and-excitation (fc1/fc2 1x1 convs). Each
+    block's own ``layer_scale`` (C, 1, 1) comes first in its state_dict, before ``block``."""
+    nn = torch.nn
+
+    class SqueezeExcitation(nn.Module):
+        def __init__(self, c, s):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Conv2d(c, s, 1), nn.Conv2d(s, c, 1)
+
+        def forward(self, x):
+            scale = self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True))))
+            return x * torch.sigmoid(scale)
+
+    class Block(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.layer_scale = nn.Parameter(0.5 + torch.rand(c, 1, 1))
+            self.block = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, groups=c), nn.BatchNorm2d(c),
+                                       SqueezeExcitation(c, 2))
+
+        def forward(self, x):
+            return x + self.layer_scale * self.block(x)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.blocks = nn.Sequential(Block(8), Block(8))
+            self.head = nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+    torch.manual_seed(3)
+    net = Net().eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(0.3 * torch.randn(8))
+                m.running_var.copy_(0.5 + torch.rand(8))
+    return net
+
+
+def jax_block_net():
+    """``torch_block_net`` in jaxconv: paths read like its state_dict keys (``residual``'s
+    ``body`` aside), so no mapping is needed."""
+    def block(c):
+        body = jc.serial(("0", jc.Conv(c, 3, padding=1, groups=c, impl="lax")), ("1", jc.BatchNorm()),
+                         ("2", jc.SqueezeExcite(2)))
+        return jc.residual(("block", body), ("layer_scale", jc.LayerScale()))
+
+    return jc.serial(("stem", jc.Conv(8, 3, stride=2, padding=1, impl="lax")),
+                     ("blocks", jc.serial(("0", block(8)), ("1", block(8)))),
+                     ("pool", jc.GlobalAvgPool()), ("head", jc.Dense(4)))
+
+
+BLOCK_NET_SHAPE = (-1, 9, 10, 3)
+
+
+@pytest.fixture(scope="module")
+def block_net():
+    torch = import_torch()
+    net = torch_block_net(torch)
+    sd = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+    return net, sd, convert.load_torch_state_dict(jax_block_net(), BLOCK_NET_SHAPE, sd)
+
+
+def assert_trees_equal(got, want):
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_blocks_with_squeeze_excite_depthwise_and_layer_scale_pair_by_name(block_net):
+    net, sd, (params, state) = block_net
+    torch = import_torch()
+    assert list(sd)[2:4] == ["blocks.0.layer_scale", "blocks.0.block.0.weight"]  # not execution order
+    block = params["blocks"]["0"]["body"]
+    assert block["layer_scale"]["scale"].shape == (8,)
+    np.testing.assert_array_equal(block["layer_scale"]["scale"], sd["blocks.0.layer_scale"][:, 0, 0])
+    np.testing.assert_array_equal(block["block"]["2"]["fc1"]["kernel"],
+                                  sd["blocks.0.block.2.fc1.weight"].transpose(2, 3, 1, 0))
+    assert block["block"]["0"]["kernel"].shape == (3, 3, 1, 8)  # depthwise: (*k, 1, C)
+    np.testing.assert_array_equal(state["blocks"]["1"]["body"]["block"]["1"]["mean"],
+                                  sd["blocks.1.block.1.running_mean"])
+    x = rand(2, 3, 9, 10, seed=11)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    y, _ = jax_block_net().apply(params, state, x.transpose(0, 2, 3, 1))
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_name_pairing_does_not_depend_on_the_state_dict_order(block_net):
+    _, sd, want = block_net
+    shuffled = dict(reversed(list(sd.items())))
+    assert_trees_equal(convert.load_torch_state_dict(jax_block_net(), BLOCK_NET_SHAPE, shuffled), want)
+
+
+def test_mismatched_block_tensors_name_the_tensor_and_both_shapes(block_net):
+    _, sd, _ = block_net
+    cases = {"blocks.1.layer_scale": (rand(9, 1, 1), r"blocks\.1\.layer_scale: expected shape "
+                                                     r"\(8, 1, 1\) .*got \(9, 1, 1\)"),
+             "blocks.0.block.2.fc1.weight": (rand(3, 8, 1, 1), r"blocks\.0\.block\.2\.fc1\.weight: "
+                                                               r"expected shape \(2, 8, 1, 1\).*got "
+                                                               r"\(3, 8, 1, 1\)"),
+             "blocks.0.block.0.weight": (rand(8, 8, 3, 3), r"blocks\.0\.block\.0\.weight: expected "
+                                                           r"shape \(8, 1, 3, 3\).*got \(8, 8, 3, 3\)")}
+    for key, (value, message) in cases.items():
+        with pytest.raises(ValueError, match=message):
+            convert.load_torch_state_dict(jax_block_net(), BLOCK_NET_SHAPE, dict(sd, **{key: value}))
+    missing = {k: v for k, v in sd.items() if k != "blocks.1.block.2.fc2.bias"}
+    with pytest.raises(ValueError, match=r"'blocks/1/body/block/2/fc2' needs torch tensor "
+                                         r"'blocks\.1\.block\.2\.fc2\.bias' \(shape \(8,\)\)"):
+        convert.load_torch_state_dict(jax_block_net(), BLOCK_NET_SHAPE, missing)
+
+
+def test_unpaired_layers_fall_back_to_order_but_not_for_safetensors_files(tmp_path):
+    model = jc.serial(jc.Conv(4, 3, impl="lax"), jc.BatchNorm(), ("head", jc.Dense(2)))
+    sd = {"features.weight": rand(4, 2, 3, 3), "features.bias": rand(4),
+          "norm.weight": rand(4), "norm.bias": rand(4), "norm.running_mean": rand(4),
+          "norm.running_var": np.ones(4, np.float32), "head.weight": rand(2, 4), "head.bias": rand(2)}
+    params, _ = convert.load_torch_state_dict(model, (-1, 5, 5, 2), sd)  # conv0, batch_norm0 in order
+    np.testing.assert_array_equal(params["batch_norm0"]["scale"], sd["norm.weight"])
+    path = tmp_path / "net.safetensors"
+    safetensors.numpy.save_file(sd, str(path))
+    with pytest.raises(ValueError, match=r"jaxconv layers \['conv0', 'batch_norm0'\] have no torch "
+                                         r"module of the same name, and a \.safetensors file does not "
+                                         r"keep the modules' order"):
+        convert.load_torch_state_dict(model, (-1, 5, 5, 2), path)
+    params, _ = convert.load_torch_state_dict(model, (-1, 5, 5, 2), path, mapping={
+        "conv0": "features", "batch_norm0": "norm", "head": "head"})
+    np.testing.assert_array_equal(params["batch_norm0"]["scale"], sd["norm.weight"])
+
+
+def test_state_dict_files_safetensors_and_pt(block_net, tmp_path):
+    torch = import_torch()
+    net, sd, want = block_net
+    safetensors.numpy.save_file(sd, str(tmp_path / "net.safetensors"))
+    torch.save(net.state_dict(), tmp_path / "net.pth")
+    for name in ("net.safetensors", "net.pth"):
+        for path in (tmp_path / name, str(tmp_path / name)):
+            assert_trees_equal(convert.load_torch_state_dict(jax_block_net(), BLOCK_NET_SHAPE, path),
+                               want)
+    read = convert.read_state_dict(tmp_path / "net.pth")
+    assert list(read) == list(net.state_dict())  # a .pt file keeps the modules' order
+
+
+def test_state_dict_file_errors(tmp_path, monkeypatch):
+    torch = import_torch()
+    (tmp_path / "w.npz").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"w\.npz: expected a \.safetensors, .pt or .pth "
+                                         r"state_dict file, got suffix '\.npz'"):
+        convert.read_state_dict(tmp_path / "w.npz")
+    (tmp_path / "bad.safetensors").write_bytes(b"\xff" * 16)
+    with pytest.raises(ValueError, match=r"bad\.safetensors: not a readable safetensors file"):
+        convert.read_state_dict(tmp_path / "bad.safetensors")
+    torch.save([torch.zeros(2)], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match=r"list\.pt: expected a state_dict \(\{name: tensor\}\), "
+                                         r"got a list"):
+        convert.read_state_dict(tmp_path / "list.pt")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "w.pt")
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if PyTorch were not installed
+    with pytest.raises(ImportError, match=r"w\.pt is a pickled PyTorch file.*install torch, or "
+                                          r"convert the file to \.safetensors"):
+        convert.read_state_dict(tmp_path / "w.pt")
+
+
+def test_bfloat16_torch_tensors_convert_exactly():
+    torch = import_torch()
+    w = torch.randn(4, 3, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    kernel = convert.dense_kernel(w)
+    assert kernel.dtype == np.float32
+    np.testing.assert_array_equal(kernel, w.float().numpy().T)
