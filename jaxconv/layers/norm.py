@@ -5,18 +5,23 @@ The three share one way of computing statistics, in float32 at least (also
 when the compute ``dtype`` is bfloat16 or float16; float64 input stays
 float64), with the result cast once to the compute dtype:
 
-1. one read of ``x`` for two independent reductions, ``mean = sum(x / m)`` and
-   ``max|x|``; the latter picks a power of two ``s >= 1`` with ``|x / s| < 1``;
+1. one read of ``x`` for independent reductions, ``mean = sum(x) / m``,
+   ``min(x)`` and ``max(x)``; the mean is kept within that range (rounding or
+   overflow could leave it), and the range picks a power of two ``s >= 1``
+   with ``|x / s| < 1``;
 2. a second read for the variance of the centred, exactly scaled values,
    ``v = sum((x / s - mean / s)**2) / m`` (``var = v * s**2``), which neither
    cancels (``E[x^2] - E[x]^2`` would, for a mean large against the standard
    deviation) nor overflows (``x**2`` would, from ``|x|`` about ``1e19``);
-3. ``y = (x / s - mean / s) / sqrt(v + epsilon / s**2)``, which is
-   ``(x - mean) / sqrt(var + epsilon)``.
+3. ``y = x * a + b``, one multiply-add per element, with the per-channel (or
+   per-group) ``a = 1 / (s * sqrt(v + epsilon / s**2))`` and ``b = -mean * a``,
+   which is ``(x - mean) / sqrt(var + epsilon)``.
 
-So the output and the statistics are finite for every finite input; a batch
-variance beyond the float32 range (a standard deviation above about
-``1.8e19``) is stored as the largest float32.
+The output and the statistics are finite for every finite input, and
+accurate as long as ``sum(x)`` does not overflow (``|x|`` below the largest
+float over ``m``) and ``1 / std`` is a normal float (``std`` below ``8.5e37``
+in float32). A batch variance beyond the float32 range (a standard deviation
+above about ``1.8e19``) is stored as the largest float32.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ class Moments(NamedTuple):
 
     Attributes:
       mean: the mean.
-      scaled_var: ``var / 4**exponent``, below 16 (it cannot overflow).
+      scaled_var: ``var / 4**exponent``, below 64 (it cannot overflow).
       exponent: an int ``>= 0`` with ``|x / 2**exponent| < 4``.
     """
 
@@ -88,35 +93,63 @@ def _saturate(x: Any) -> Any:
     return jnp.clip(x, -big, big)
 
 
+def _within_range(mean: Any, lowest: Any, highest: Any) -> Any:
+    """``mean`` kept within ``[lowest, highest]``, the range of the values it averages.
+
+    ``sum(x) / m`` can round past that range (a constant channel then gets a
+    variance of its rounding), or overflow to ``inf`` (or ``nan``, from ``inf -
+    inf``) near the largest float. The value is corrected (the midpoint where
+    nothing is known); the derivative stays that of ``sum(x) / m``.
+    """
+    inside = jnp.where(mean < lowest, lowest, jnp.where(mean > highest, highest, mean))
+    value = lax.stop_gradient(jnp.where(jnp.isnan(mean), lowest / 2 + highest / 2, inside))
+    return value + jnp.where(jnp.isfinite(mean), mean - lax.stop_gradient(mean), 0)
+
+
 def _moments(x: Any, axes: tuple[int, ...], axis_name: Any = None) -> Moments:
     """Mean and biased variance of ``x`` over ``axes`` (dims kept), in two reads of ``x``.
 
     With ``axis_name`` (a mapped axis) the reductions also run over that axis
-    (``psum``/``pmax``), so the moments are those of all the mapped values.
+    (``psum``/``pmin``/``pmax``), so the moments are those of all the mapped values.
     """
     count = math.prod(x.shape[a] for a in axes)
     if axis_name is not None:
         count *= lax.axis_size(axis_name)
-    weight = 1 / max(count, 1)  # sum(x * weight): no overflow, unlike sum(x) / count
 
     def reduce(values, op, collective):
         out = op(values, axes, keepdims=True)
         return out if axis_name is None else collective(out, axis_name)
 
-    mean = _saturate(reduce(x * weight, jnp.sum, lax.psum))  # a rounding above the largest float
-    _, exponent = jnp.frexp(lax.stop_gradient(reduce(jnp.abs(x), jnp.max, lax.pmax)))
+    # The range bounds the mean and picks the scale; no gradient flows through either.
+    lowest = reduce(lax.stop_gradient(x), jnp.min, lax.pmin)
+    highest = reduce(lax.stop_gradient(x), jnp.max, lax.pmax)
+    mean = _within_range(reduce(x, jnp.sum, lax.psum) / count, lowest, highest)
+    _, exponent = jnp.frexp(jnp.maximum(-lowest, highest))
     # At most maxexp - 2, so that 2**-exponent is a normal number (not flushed to zero).
     exponent = jnp.clip(exponent, 0, jnp.finfo(x.dtype).maxexp - 2)
     inv_scale = Moments(mean, None, exponent).inv_scale
     centered = x * inv_scale - mean * inv_scale
-    return Moments(mean, reduce(jnp.square(centered) * weight, jnp.sum, lax.psum), exponent)
+    return Moments(mean, reduce(jnp.square(centered), jnp.sum, lax.psum) / count, exponent)
+
+
+def _multiplier_and_offset(moments: Moments, epsilon: float) -> tuple[Any, Any]:
+    """``(a, b)`` with ``x * a + b = (x - mean) / sqrt(var + epsilon)``, finite for finite ``x``.
+
+    ``a = inv_scale / sqrt(scaled_var + epsilon * inv_scale**2)`` and ``b = -mean * a``:
+    ``|x * a|`` and ``|b|`` stay below ``4 / sqrt(tiny)`` (about ``4e19`` in float32). A
+    standard deviation beyond the reciprocal of ``tiny`` (``8.5e37`` in float32) gives an
+    ``a`` that underflows to 0, and a constant (finite) output.
+    """
+    inv = moments.inv_scale
+    scaled_epsilon = jnp.maximum(epsilon * inv * inv, jnp.finfo(moments.scaled_var.dtype).tiny)
+    rstd = lax.rsqrt(moments.scaled_var + scaled_epsilon)
+    return inv * rstd, -(moments.mean * inv) * rstd
 
 
 def _normalize(x: Any, moments: Moments, epsilon: float) -> Any:
-    """``(x - mean) / sqrt(var + epsilon)``, computed on scaled values (finite for finite ``x``)."""
-    inv = moments.inv_scale
-    scaled_epsilon = jnp.maximum(epsilon * inv * inv, jnp.finfo(x.dtype).tiny)
-    return (x * inv - moments.mean * inv) * lax.rsqrt(moments.scaled_var + scaled_epsilon)
+    """``(x - mean) / sqrt(var + epsilon)``, as one multiply-add per element."""
+    a, b = _multiplier_and_offset(moments, epsilon)
+    return x * a + b
 
 
 def _batch_statistics(xs: Any, state: Any, momentum: float, axis_name: Any):
@@ -157,8 +190,9 @@ def BatchNorm(
         running_var  <- (1 - momentum) * running_var  + momentum * var * m / (m - 1)
 
     The statistics take two reads of ``x`` (the mean, then the variance of the
-    centred values; see the module docstring), the output a third; all in
-    float32 (or wider), cast once to the compute dtype. They are accurate for
+    centred values; see the module docstring), the output a third (one
+    multiply-add per element, ``scale`` and ``bias`` folded in); all in float32
+    (or wider), cast once to the compute dtype. They are accurate for
     a mean far from zero (``c + N(0, 1)`` with ``|c| = 1e4`` normalises to
     mean 0 and standard deviation 1) and finite for every finite input.
 
@@ -209,8 +243,13 @@ def BatchNorm(
         else:
             moments = Moments(state["mean"].astype(xs.dtype), state["var"].astype(xs.dtype), 0)
             new_state = state
-        y = _affine(_normalize(xs, moments, epsilon), params, (c,))
-        return y.astype(out_dtype), new_state
+        # One multiply-add per element: the affine params are folded into a and b.
+        a, b = _multiplier_and_offset(moments, epsilon)
+        if "scale" in params:
+            a, b = a * params["scale"].astype(a.dtype), b * params["scale"].astype(b.dtype)
+        if "bias" in params:
+            b = b + params["bias"].astype(b.dtype)
+        return (xs * a + b).astype(out_dtype), new_state
 
     return Layer(init, apply, "batch_norm")
 
