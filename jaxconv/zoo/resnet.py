@@ -20,7 +20,9 @@ adds ``res/body`` and ``res/shortcut`` to the paths of a block::
 
 Modules come in torchvision's order, so
 ``jaxconv.convert.load_torch_state_dict(model, input_shape, state_dict)``
-loads a torchvision ``state_dict`` without a mapping. Initialisation is
+loads a torchvision ``state_dict`` (a dict, ``.pt`` or ``.pth`` file) without a
+mapping: the stem and ``fc`` pair by name, the blocks in order (so a
+``.safetensors`` file, which does not keep the order, needs a mapping). Initialisation is
 torchvision's for the convolutions (normal, variance ``2 / fan_out``) and
 BatchNorms (scale 1, bias 0); ``fc`` draws its kernel like ``nn.Linear``
 (uniform, variance ``1 / (3 fan_in)``) and starts with a zero bias.
