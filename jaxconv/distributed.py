@@ -130,9 +130,9 @@ def check_mesh(mesh: Any, *, context: str = "mesh", axis_name: str = DATA_AXIS) 
     return mesh
 
 
-def data_size(mesh: Mesh, axis_name: str = DATA_AXIS) -> int:
-    """Number of batch shards: the size of the mesh's ``"data"`` axis."""
-    return int(check_mesh(mesh, axis_name=axis_name).shape[axis_name])
+def data_size(mesh: Mesh, axis_name: str = DATA_AXIS, *, context: str = "data_size") -> int:
+    """Number of batch shards: the size of the mesh's ``"data"`` axis (``check_mesh`` first)."""
+    return int(check_mesh(mesh, context=context, axis_name=axis_name).shape[axis_name])
 
 
 def batch_sharding(mesh: Mesh, *, steps_per_call: int = 1, axis_name: str = DATA_AXIS) -> NamedSharding:
@@ -155,7 +155,7 @@ def replicated_sharding(mesh: Mesh) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh: Mesh, *, context: str = "batch",
                      axis_name: str = DATA_AXIS) -> None:
     """Raises a ``ValueError`` unless ``batch_size`` splits evenly over the ``"data"`` axis."""
-    shards = data_size(mesh, axis_name)
+    shards = data_size(mesh, axis_name, context=context)
     if batch_size % shards:
         below, above = batch_size // shards * shards, (batch_size // shards + 1) * shards
         nearest = f"{below} or {above}" if below else f"{above}"
