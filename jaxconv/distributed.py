@@ -276,7 +276,7 @@ def host_local_batch(local_batch: PyTree, mesh: Mesh, *, steps_per_call: int = 1
     sharding = batch_sharding(mesh, steps_per_call=steps_per_call, axis_name=axis_name)
     axis = _batch_axis(steps_per_call)
     local = _leading_size(local_batch, axis, "host_local_batch")
-    shards = data_size(mesh, axis_name)
+    shards = data_size(mesh, axis_name, context="host_local_batch")
     data_dim = list(mesh.axis_names).index(axis_name)
     me = jax.process_index()
     mine = {pos[data_dim] for pos, d in np.ndenumerate(mesh.devices) if d.process_index == me}
