@@ -30,6 +30,7 @@ needed) or a ``.pt``/``.pth`` file (through ``torch.load(weights_only=True)``).
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -136,6 +137,38 @@ def batch_norm(weight: Any, bias: Any, running_mean: Any, running_var: Any, *,
 # State-dict files.
 
 
+_PICKLE_SUFFIXES = (".pt", ".pth")
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+    try:
+        return safetensors.numpy.load_file(path)
+    except safetensors.SafetensorError as e:
+        raise ValueError(f"convert: {path}: not a readable safetensors file ({e})") from e
+
+
+def _read_pickled(path: str) -> dict[str, Any]:
+    """A ``torch.save``d state_dict, through ``torch.load(weights_only=True)`` only."""
+    try:
+        import torch  # optional: only .pt/.pth files need it
+    except ImportError as e:
+        raise ImportError(
+            f"convert: {path} is a pickled PyTorch file, which jaxconv only reads through "
+            "torch.load(weights_only=True): install torch, or convert the file to .safetensors "
+            "(safetensors.torch.save_file(state_dict, ...))") from e
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"convert: {path}: torch.load(weights_only=True) cannot read it (a damaged file, or a "
+            "pickled object other than tensors, such as a whole module): save "
+            "model.state_dict() instead, or convert it to .safetensors") from e
+    if not isinstance(loaded, Mapping) or not all(isinstance(k, str) for k in loaded):
+        raise ValueError(f"convert: {path}: expected a state_dict ({{name: tensor}}), "
+                         f"got a {type(loaded).__name__}")
+    return dict(loaded)
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     """The tensors of a saved PyTorch ``state_dict``, in the file's order.
 
@@ -150,32 +183,18 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
       ``{name: array}``: NumPy arrays, or torch tensors from a ``.pt``/``.pth`` file.
 
     Raises:
-      ValueError: another suffix, a damaged safetensors file, or a ``.pt`` file
-        that does not hold a ``{name: tensor}`` mapping.
+      ValueError: another suffix, a damaged file, or a ``.pt`` file that does
+        not hold a ``{name: tensor}`` mapping.
       ImportError: a ``.pt``/``.pth`` file without PyTorch installed.
     """
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lower()
     if suffix == ".safetensors":
-        try:
-            return safetensors.numpy.load_file(path)
-        except safetensors.SafetensorError as e:
-            raise ValueError(f"convert: {path}: not a readable safetensors file ({e})") from e
+        return _read_safetensors(path)
     if suffix not in _PICKLE_SUFFIXES:
         raise ValueError(f"convert: {path}: expected a .safetensors, .pt or .pth state_dict file, "
                          f"got suffix {suffix!r}")
-    try:
-        import torch  # optional: only .pt/.pth files need it
-    except ImportError as e:
-        raise ImportError(
-            f"convert: {path} is a pickled PyTorch file, which jaxconv only reads through "
-            "torch.load(weights_only=True): install torch, or convert the file to .safetensors "
-            "(safetensors.torch.save_file(state_dict, ...))") from e
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(loaded, Mapping) or not all(isinstance(k, str) for k in loaded):
-        raise ValueError(f"convert: {path}: expected a state_dict ({{name: tensor}}), "
-                         f"got a {type(loaded).__name__}")
-    return dict(loaded)
+    return _read_pickled(path)
 
 
 # --------------------------------------------------------------------------
@@ -218,7 +237,6 @@ class _Leaf(NamedTuple):
 # jaxconv param/state name -> PyTorch tensor name
 _TORCH_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
                 "var": "running_var"}
-_PICKLE_SUFFIXES = (".pt", ".pth")
 
 
 def _take(module: _Module, key: str, expected: Any, torch_shape: Sequence[int] | None = None,

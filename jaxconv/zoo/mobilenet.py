@@ -16,8 +16,8 @@ keeps a block's layers under its ``body`` key, which
     features.0.0.weight                  features/0/0/kernel
     features.0.1.running_var             features/0/1/var  (in state)
     features.1.conv.0.0.weight           features/1/conv/0/0/kernel    (V2, no skip)
-    features.2.conv.1.0.weight           features/2/body/conv/1/0/kernel  (V2, skip)
-    features.4.block.2.fc1.weight        features/4/body/block/2/fc1/kernel  (V3)
+    features.3.conv.1.0.weight           features/3/body/conv/1/0/kernel  (V2, skip)
+    features.5.block.2.fc1.weight        features/5/body/block/2/fc1/kernel  (V3-Large)
     classifier.1.weight                  classifier/1/kernel
 
 Modules come in torchvision's order. Initialisation is torchvision's:
