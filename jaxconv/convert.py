@@ -30,7 +30,6 @@ needed) or a ``.pt``/``.pth`` file (through ``torch.load(weights_only=True)``).
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -158,7 +157,9 @@ def _read_pickled(path: str) -> dict[str, Any]:
             "(safetensors.torch.save_file(state_dict, ...))") from e
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+    except OSError:
+        raise
+    except Exception as e:  # the weights-only unpickler's refusals, damaged files
         raise ValueError(
             f"convert: {path}: torch.load(weights_only=True) cannot read it (a damaged file, or a "
             "pickled object other than tensors, such as a whole module): save "

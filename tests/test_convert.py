@@ -344,9 +344,13 @@ def test_state_dict_file_errors(tmp_path, monkeypatch):
                                          r"got a list"):
         convert.read_state_dict(tmp_path / "list.pt")
     torch.save(torch.nn.Linear(2, 3), tmp_path / "module.pt")
-    with pytest.raises(ValueError, match=r"module\.pt: torch\.load\(weights_only=True\) cannot read "
-                                         r"it .*save model\.state_dict\(\) instead"):
-        convert.read_state_dict(tmp_path / "module.pt")
+    (tmp_path / "damaged.pth").write_bytes(b"not a torch file")
+    for name in ("module.pt", "damaged.pth"):
+        with pytest.raises(ValueError, match=rf"{name}: torch\.load\(weights_only=True\) cannot read "
+                                             r"it .*save model\.state_dict\(\) instead"):
+            convert.read_state_dict(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        convert.read_state_dict(tmp_path / "missing.pt")
     torch.save({"w": torch.zeros(2)}, tmp_path / "w.pt")
     monkeypatch.setitem(sys.modules, "torch", None)  # as if PyTorch were not installed
     with pytest.raises(ImportError, match=r"w\.pt is a pickled PyTorch file.*install torch, or "
