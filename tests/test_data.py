@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxconv import data
+from jaxconv.data import arrays
 from jaxconv.data import IDX_FILES, augmentation, epoch_batches, load_dataset, parse_augment, random_crop, random_flip
 
 RNG = np.random.default_rng(0)
@@ -196,11 +197,11 @@ def test_epoch_batches_compile_once_for_every_item_and_epoch():
     """Items are gathered by one compiled program (not eager indexing, one dispatch per op)."""
     x = np.arange(40, dtype=np.float32).reshape(40, 1, 1, 1)
     y = np.arange(40, dtype=np.int32)
-    before = data._take_item._cache_size(), data._epoch_order._cache_size()
+    before = arrays._take_item._cache_size(), arrays._epoch_order._cache_size()
     for epoch in range(3):
         for xb, yb in epoch_batches(jax.random.PRNGKey(epoch), x, y, 7):
             np.testing.assert_array_equal(np.asarray(xb).ravel(), np.asarray(yb))
-    assert (data._take_item._cache_size(), data._epoch_order._cache_size()) == (
+    assert (arrays._take_item._cache_size(), arrays._epoch_order._cache_size()) == (
         before[0] + 1, before[1] + 1)
 
 

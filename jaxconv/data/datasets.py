@@ -1,4 +1,4 @@
-"""Data sets, mini-batching and on-device augmentation.
+"""Data sets held in memory: the embedded digits, MNIST-style IDX files, CIFAR-10 binary.
 
 ``load_dataset("digits")`` is the embedded default: the 1,797 8x8 handwritten
 digits of the UCI "Optical Recognition of Handwritten Digits" data set
@@ -21,16 +21,12 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import stat
 import zlib
-from collections.abc import Callable, Iterator
-from functools import partial
-from typing import Any, BinaryIO, NamedTuple
+from typing import BinaryIO, NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+from jaxconv.data.files import open_regular, read_into
 from jaxconv.validate import integer
 
 
@@ -55,7 +51,7 @@ class Dataset(NamedTuple):
 # digits (embedded)
 
 
-DIGITS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.npz")
+DIGITS_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "digits.npz")
 
 
 def _digits(root: str | None = None) -> Dataset:
@@ -76,44 +72,6 @@ IDX_FILES = {
 }
 _IDX_UBYTE = 0x08
 _GZIP_MAX_RATIO = 1032  # deflate expands one compressed byte into at most about 1032 bytes
-_READ_CHUNK = 1 << 20  # bytes decompressed or read per step
-
-
-def _not_regular(context: str, path: str) -> ValueError:
-    return ValueError(f"{context}: {path} is not a regular file (a directory, FIFO or device); "
-                      "it is not read")
-
-
-def _open_regular(path: str, context: str) -> BinaryIO:
-    """``path`` opened for binary reading if it is a regular file.
-
-    A FIFO or device is never opened (that could block or never end); the
-    descriptor is opened non-blocking and checked again in case ``path`` was
-    replaced in between.
-
-    Raises:
-      FileNotFoundError: ``path`` does not exist.
-      ValueError: ``path`` is not a regular file.
-    """
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        raise _not_regular(context, path)
-    f = open(path, "rb", opener=lambda p, flags: os.open(p, flags | getattr(os, "O_NONBLOCK", 0)))
-    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-        f.close()
-        raise _not_regular(context, path)
-    return f
-
-
-def _read_into(f: BinaryIO, view: memoryview) -> int:
-    """Reads ``f`` into ``view`` a chunk at a time until it is full or ``f`` ends; the count read."""
-    got = 0
-    while got < len(view):
-        chunk = f.read(min(_READ_CHUNK, len(view) - got))
-        if not chunk:
-            break
-        view[got:got + len(chunk)] = chunk
-        got += len(chunk)
-    return got
 
 
 def _idx_dims(f: BinaryIO, path: str, ndim: int) -> tuple[int, ...]:
@@ -140,7 +98,7 @@ def _idx_data(f: BinaryIO, path: str, dims: tuple[int, ...], compressed: int) ->
             f"read_idx: {path} is truncated or corrupt: header {dims} needs {expected} data bytes, "
             f"more than {compressed} bytes of gzip can hold")
     data = np.empty(expected, np.uint8)
-    got = _read_into(f, memoryview(data))
+    got = read_into(f, memoryview(data))
     if got < expected:
         raise ValueError(
             f"read_idx: {path} is truncated: header {dims} needs {expected} data bytes, found {got}")
@@ -175,7 +133,7 @@ def read_idx(path: str, *, ndim: int) -> np.ndarray:
     """
     integer(ndim, "ndim", context="read_idx", minimum=1, maximum=255)
     try:
-        with _open_regular(path, "read_idx") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as f:
+        with open_regular(path, "read_idx") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as f:
             dims = _idx_dims(f, path, ndim)
             return _idx_data(f, path, dims, os.fstat(raw.fileno()).st_size)
     except (OSError, EOFError, zlib.error) as e:
@@ -268,7 +226,7 @@ def read_cifar_batch(path: str) -> Split:
       ValueError: not a regular file, the size is not a multiple of 3073 bytes
         between 1 and 10,000 records, or a label is >= 10.
     """
-    with _open_regular(path, "read_cifar_batch") as f:
+    with open_regular(path, "read_cifar_batch") as f:
         size = os.fstat(f.fileno()).st_size
         if not 0 < size <= _CIFAR_MAX_RECORDS * _CIFAR_RECORD or size % _CIFAR_RECORD:
             raise ValueError(
@@ -276,7 +234,7 @@ def read_cifar_batch(path: str) -> Split:
                 f"{_CIFAR_RECORD} (1 label byte + 3072 pixel bytes per image, at most "
                 f"{_CIFAR_MAX_RECORDS} images): truncated or not CIFAR-10")
         raw = np.empty(size, np.uint8)
-        if _read_into(f, memoryview(raw)) != size or f.read(1):
+        if read_into(f, memoryview(raw)) != size or f.read(1):
             raise ValueError(f"read_cifar_batch: {path} changed size while being read")
     records = raw.reshape(-1, _CIFAR_RECORD)
     labels = _check_labels(records[:, 0], 10, path)
@@ -324,130 +282,3 @@ def load_dataset(name: str, root: str | None = None) -> Dataset:
     if name == "digits":
         return loader()
     return loader(root if root is not None else os.environ.get("JAXCONV_DATA", "data"))
-
-
-# --------------------------------------------------------------------------
-# Mini-batches
-
-
-def epoch_batches(
-    key: Any, images: Any, labels: Any, batch_size: int, *, steps_per_call: int = 1,
-    start: int = 0,
-) -> Iterator[tuple[Any, Any]]:
-    """Yields shuffled ``(images, labels)`` mini-batches for one epoch.
-
-    The permutation is drawn with ``jax.random.permutation(key, N)``, so the
-    order depends only on ``key``. The last incomplete batch is dropped so that
-    every batch has the same shape (one compilation). With ``steps_per_call=K``
-    each item stacks ``K`` batches: ``(K, batch_size, ...)``. ``start`` skips
-    the first ``start`` items (to resume in the middle of an epoch).
-    """
-    n = images.shape[0]
-    per_item = batch_size * steps_per_call
-    if per_item > n:
-        raise ValueError(
-            f"epoch_batches: batch_size * steps_per_call = {per_item} exceeds the {n} examples")
-    order = _epoch_order(key, n, per_item)
-    images, labels = jnp.asarray(images), jnp.asarray(labels)
-    for i in range(start, order.shape[0]):
-        yield _take_item(images, labels, order, i, steps_per_call)
-
-
-@partial(jax.jit, static_argnums=(1, 2))
-def _epoch_order(key: Any, n: int, per_item: int) -> Any:
-    """A permutation of ``range(n)`` as whole rows of ``per_item``: one index row per item."""
-    n_items = n // per_item
-    return jax.random.permutation(key, n)[:n_items * per_item].reshape(n_items, per_item)
-
-
-@partial(jax.jit, static_argnums=(4,))
-def _take_item(images: Any, labels: Any, order: Any, i: Any, steps_per_call: int) -> tuple[Any, Any]:
-    """Item ``i``: the rows ``order[i]``, stacked ``(steps_per_call, batch, ...)`` when K > 1.
-
-    One compiled program serves every item and epoch (eager indexing cost about
-    1 ms of dispatch per batch, 1.5 s of a 15-epoch digits run).
-    """
-    idx = order[i]
-    xb, yb = images[idx], labels[idx]
-    if steps_per_call > 1:
-        xb = xb.reshape((steps_per_call, -1) + xb.shape[1:])
-        yb = yb.reshape((steps_per_call, -1) + yb.shape[1:])
-    return xb, yb
-
-
-def batches_per_epoch(n: int, batch_size: int, steps_per_call: int = 1) -> int:
-    return n // (batch_size * steps_per_call)
-
-
-# --------------------------------------------------------------------------
-# On-device augmentation: pure functions of (key, images), usable under jit.
-
-
-def random_crop(key: Any, images: Any, padding: int) -> Any:
-    """Pads ``(N, H, W, C)`` images by ``padding`` zeros and crops a random ``H x W`` window.
-
-    Each image gets its own offset ``(dy, dx)``, uniform in ``[0, 2 * padding]``
-    (a translation by up to ``padding`` pixels in each direction).
-    """
-    if padding == 0:
-        return images
-    n, h, w, c = images.shape
-    padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    offsets = jax.random.randint(key, (n, 2), 0, 2 * padding + 1)
-
-    def crop(img, off):
-        return jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, c))
-
-    return jax.vmap(crop)(padded, offsets)
-
-
-def random_flip(key: Any, images: Any) -> Any:
-    """Mirrors each ``(N, H, W, C)`` image left-right with probability 1/2."""
-    flip = jax.random.bernoulli(key, 0.5, (images.shape[0],))
-    return jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
-
-
-def augmentation(crop_padding: int = 0, flip: bool = False) -> Callable[[Any, Any], Any] | None:
-    """Builds ``augment(key, images) -> images`` (random crop, then random flip).
-
-    Returns ``None`` when both are off. The result is pure and jittable; ``fit``
-    applies it inside the compiled training step (training mode only).
-    """
-    integer(crop_padding, "crop_padding", context="augmentation", minimum=0)
-    if not crop_padding and not flip:
-        return None
-
-    def augment(key, images):
-        if images.ndim != 4:
-            raise ValueError(
-                f"augmentation: expected images (N, H, W, C), got shape {tuple(images.shape)}")
-        k_crop, k_flip = jax.random.split(key)
-        images = random_crop(k_crop, images, crop_padding)
-        return random_flip(k_flip, images) if flip else images
-
-    return augment
-
-
-def parse_augment(spec: str) -> Callable[[Any, Any], Any] | None:
-    """Parses an augmentation spec: ``"none"`` or a comma list of ``crop:P`` and ``flip``.
-
-    ``"crop"`` alone means ``crop:4``. Example: ``"crop:4,flip"`` (CIFAR-10), ``"crop:1"`` (digits).
-    """
-    crop, flip = 0, False
-    for part in [p.strip() for p in spec.split(",") if p.strip()]:
-        name, _, arg = part.partition(":")
-        if name == "none" and not arg:
-            continue
-        if name == "flip" and not arg:
-            flip = True
-        elif name == "crop":
-            try:
-                crop = int(arg) if arg else 4
-            except ValueError:
-                crop = -1
-            if crop < 0:
-                raise ValueError(f"augment: crop padding must be an int >= 0, got {arg!r} in {spec!r}")
-        else:
-            raise ValueError(
-                f"augment: unknown item {part!r} in {spec!r}; expected 'none', 'flip' or 'crop:P'")
-    return augmentation(crop, flip)
