@@ -115,7 +115,7 @@ def _is_number(value: Any) -> bool:
 
 
 _KINDS = {"int": ("an int", is_int), "number": ("a number", _is_number),
-          "str": ("a string", lambda v: isinstance(v, str))}
+          "str": ("a string", lambda v: isinstance(v, str)), "bool": ("a bool", lambda v: isinstance(v, bool))}
 
 _METADATA_SCHEMA = _Object({
     "versions": _MapOf("str"),
@@ -124,13 +124,18 @@ _METADATA_SCHEMA = _Object({
         "optimizer": "str", "lr": "number", "schedule": "str", "weight_decay": "number",
         "label_smoothing": "number", "augment": "str", "epochs": "int", "batch_size": "int",
         "seed": "int", "impl": "str", "steps_per_call": "int", "microbatches": "int",
-        "total_steps": "int"}),
+        "total_steps": "int", "warmup_steps": "number", "clip_norm": "number", "ema": "number",
+        "precision": "str", "early_stopping": "int", "monitor": "str"}),
     "fit": _Object({
         "seed": "int", "batch_size": "int", "steps_per_call": "int", "microbatches": "int",
         "n_train": "int", "epochs": "int", "step": "int", "epochs_done": "int",
+        "policy": "str", "ema": "number", "clip_norm": "number", "stopped": "bool",
+        "callbacks": _MapOf(_MapOf("number")),
         "history": _ListOf(_MapOf("number")),
         "partial": _Object({"loss": "number", "accuracy": "number", "steps": "int"},
                            required=("loss", "accuracy", "steps"))}),
+    "best": _Object({"monitor": "str", "value": "number", "epoch": "int", "step": "int"},
+                    required=("monitor", "value", "epoch", "step")),
 })
 
 

@@ -10,11 +10,17 @@ import optax
 
 
 def cross_entropy(logits: Any, labels: Any, *, label_smoothing: float = 0.0) -> Any:
-    """Mean softmax cross-entropy between ``logits`` ``(N, K)`` and int ``labels`` ``(N,)``.
+    """Mean softmax cross-entropy between ``logits`` ``(N, K)`` and ``labels``.
 
-    ``-mean_n log softmax(logits_n)[labels_n]``; with ``label_smoothing = a`` the
-    target is ``(1 - a) * onehot + a / K``.
+    ``labels`` are int class ids ``(N,)`` or probability targets ``(N, K)``
+    (rows summing to 1, as mixup and cutmix make them):
+    ``-mean_n sum_k targets_nk log softmax(logits_n)_k``, with
+    ``targets = onehot(labels)`` for class ids. With ``label_smoothing = a``
+    the target is ``(1 - a) * targets + a / K``.
     """
+    if jnp.ndim(labels) == jnp.ndim(logits):
+        return optax.losses.softmax_cross_entropy(logits, optax.smooth_labels(labels, label_smoothing)
+                                                  if label_smoothing else labels).mean()
     if label_smoothing:
         targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
         return optax.losses.softmax_cross_entropy(logits, targets).mean()
@@ -34,6 +40,11 @@ def square_loss(outputs: Any, labels: Any) -> Any:
 
 
 def accuracy(logits: Any, labels: Any) -> Any:
-    """Fraction of rows whose arg-max equals the integer label."""
-    return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+    """Fraction of rows whose arg-max equals the label.
 
+    ``labels`` are int class ids ``(N,)``, or probability targets ``(N, K)``
+    whose arg-max is the label (the larger part of a mixup or cutmix pair).
+    """
+    if jnp.ndim(labels) == jnp.ndim(logits):
+        labels = jnp.argmax(labels, axis=-1)
+    return jnp.mean(jnp.argmax(logits, axis=-1) == labels)

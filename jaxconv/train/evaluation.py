@@ -14,20 +14,26 @@ from jaxconv.core import Layer, PyTree
 from jaxconv.data import Split
 from jaxconv.distributed import batch_sharding, check_mesh, data_size, replicated_sharding, shard_batch
 from jaxconv.losses import cross_entropy
+from jaxconv.precision import Policy, for_compute, get_policy, output_for_loss
 from jaxconv.train.inputs import check_labels, check_split, output_shape
 from jaxconv.train.step import LossFn
 from jaxconv.validate import integer
 
 
-def make_eval_step(model: Layer, loss_fn: LossFn = cross_entropy, *, mesh: Mesh | None = None) -> Callable:
+def make_eval_step(model: Layer, loss_fn: LossFn = cross_entropy, *, mesh: Mesh | None = None,
+                   policy: str | Policy | None = None) -> Callable:
     """A jitted ``(params, state, images, labels, mask) -> (loss_sum, correct_sum)``.
 
     Sums over the examples whose ``mask`` is 1. With a ``mesh``, params/state
-    are replicated and the batch is sharded on ``"data"``.
+    are replicated and the batch is sharded on ``"data"``. With a precision
+    ``policy`` the model runs in its compute dtype and the loss in float32.
     """
+    policy = get_policy(policy, context="make_eval_step")
 
     def eval_step(params, state, images, labels, mask):
+        params, images = for_compute(policy, params, images)
         logits, _ = model.apply(params, state, images, train=False)
+        logits = output_for_loss(policy, logits)
         per_example = jax.vmap(lambda lg, lb: loss_fn(lg[None], lb[None]))(logits, labels)
         correct = jnp.argmax(logits, -1) == labels
         return jnp.sum(per_example * mask), jnp.sum(correct * mask)
@@ -99,8 +105,11 @@ def evaluate(
     loss_fn: LossFn = cross_entropy,
     eval_step: Callable | None = None,
     mesh: Mesh | None = None,
+    policy: str | Policy | None = None,
 ) -> dict[str, float]:
     """Mean loss and accuracy over a whole split, in inference mode.
+
+    ``policy``: run the model in a precision policy's compute dtype (``jaxconv.precision``).
 
     The last batch is padded to ``batch_size`` (and masked), so every call
     reuses one compiled function. With a ``mesh`` the batches are sharded over
@@ -113,7 +122,7 @@ def evaluate(
         ``K`` outputs).
     """
     integer(batch_size, "batch_size", context="evaluate", minimum=1)
-    eval_step = eval_step or make_eval_step(model, loss_fn, mesh=mesh)  # checks the mesh
+    eval_step = eval_step or make_eval_step(model, loss_fn, mesh=mesh, policy=policy)  # checks the mesh
     images, labels = check_split(data, name="the data", context="evaluate")
     check_labels(labels, output_shape(model, params, state, images), name="the data", context="evaluate")
     return evaluate_batches(eval_step, params, state, images, labels, batch_size=batch_size, mesh=mesh)

@@ -4,7 +4,7 @@
 - ``Checkpointer``: writes a run's checkpoints and finds the one to resume from;
 - ``EpochMetrics``: the running per-step loss and accuracy of an epoch;
 - ``run_epoch`` and ``end_epoch``: one pass over the shuffled data, then the
-  epoch's record (test metrics, checkpoint, log line).
+  epoch's record (test metrics, callbacks, checkpoint, log line).
 """
 
 from __future__ import annotations
@@ -23,21 +23,24 @@ from tqdm.auto import tqdm
 
 from jaxconv import checkpoint as ckpt
 from jaxconv import rundir
+from jaxconv.callbacks import CallbackList, FitInfo
 from jaxconv.core import Layer, PyTree
 from jaxconv.data import Split, batches_per_epoch, epoch_batches
 from jaxconv.distributed import barrier, check_batch_size, check_mesh, fetch, is_primary, replicate, shard_batch
 from jaxconv.losses import cross_entropy
+from jaxconv.precision import Policy, get_policy
 from jaxconv.train.evaluation import evaluate_batches, make_eval_step
 from jaxconv.train.inputs import check_labels, check_same_shape, check_split, output_shape
 from jaxconv.train.state import TrainState, create_train_state
-from jaxconv.train.step import LossFn, make_train_step, with_augmentation
-from jaxconv.validate import boolean, integer
+from jaxconv.train.step import LossFn, MixFn, make_train_step, with_augmentation
+from jaxconv.validate import boolean, integer, number
 
 # Seeds are ints in [0, MAX_SEED]: JAX's default keys hold 32 bits, and larger
 # seeds would alias smaller ones (2**32 and 0 give the same key).
 MAX_SEED = 2**32 - 1
 # The fields of a Plan that a checkpoint must match to be resumed.
-RESUME_FIELDS = ("seed", "batch_size", "steps_per_call", "microbatches", "n_train")
+RESUME_FIELDS = ("seed", "batch_size", "steps_per_call", "microbatches", "n_train", "policy", "ema",
+                 "clip_norm")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -53,6 +56,9 @@ class Plan(NamedTuple):
     microbatches: int
     n_train: int
     epochs: int
+    policy: str = "f32"
+    ema: float = 0.0
+    clip_norm: float = 0.0
 
     @property
     def items_per_epoch(self) -> int:
@@ -65,19 +71,26 @@ class Plan(NamedTuple):
 
 
 def plan_run(*, n_train: int, epochs: Any, batch_size: Any, seed: Any, steps_per_call: Any,
-             microbatches: Any, mesh: Mesh | None) -> Plan:
+             microbatches: Any, mesh: Mesh | None, policy: Policy | None = None, ema: Any = None,
+             clip_norm: Any = None) -> Plan:
     """Checks the schedule arguments of ``fit`` and returns the run's ``Plan``.
 
     Raises:
       ValueError: a count below 1, a seed outside ``[0, MAX_SEED]``, ``microbatches``
-        not dividing ``batch_size``, a batch larger than the data, or a batch
-        that does not split over the mesh's ``"data"`` axis.
+        not dividing ``batch_size``, a batch larger than the data, a batch
+        that does not split over the mesh's ``"data"`` axis, an ``ema`` decay
+        outside ``(0, 1)`` or a ``clip_norm`` that is not > 0.
     """
     plan = Plan(seed=integer(seed, "seed", context="fit", minimum=0, maximum=MAX_SEED),
                 batch_size=integer(batch_size, "batch_size", context="fit", minimum=1),
                 steps_per_call=integer(steps_per_call, "steps_per_call", context="fit", minimum=1),
                 microbatches=integer(microbatches, "microbatches", context="fit", minimum=1),
-                n_train=n_train, epochs=integer(epochs, "epochs", context="fit", minimum=1))
+                n_train=n_train, epochs=integer(epochs, "epochs", context="fit", minimum=1),
+                policy=(policy or get_policy(None)).name,
+                ema=0.0 if ema is None else number(ema, "ema", context="fit", minimum=0, maximum=1,
+                                                   exclusive_minimum=True, exclusive_maximum=True),
+                clip_norm=0.0 if clip_norm is None else number(clip_norm, "clip_norm", context="fit", minimum=0,
+                                                               exclusive_minimum=True))
     if plan.batch_size % plan.microbatches:
         raise ValueError(f"fit: microbatches={plan.microbatches} must divide batch_size={plan.batch_size}")
     if mesh is not None:
@@ -166,16 +179,18 @@ class EpochMetrics:
     checkpoints, so a resumed epoch reports what an uninterrupted one would.
     """
 
-    def __init__(self, sums: dict[str, Any] | None = None):
+    def __init__(self, sums: dict[str, Any] | None = None, callbacks: CallbackList | None = None):
         self.sums = dict(sums) if sums else {"loss": 0.0, "accuracy": 0.0, "steps": 0}
         self._pending: list[tuple[int, dict[str, Any]]] = []
+        self.callbacks = callbacks
+        self.stop = False  # a callback's on_step_end asked to stop
 
     def add(self, first_step: int, metrics: dict[str, Any]) -> None:
         """Queues the metrics of the call whose first step is ``first_step`` (0-based)."""
         self._pending.append((first_step, metrics))
 
     def drain(self) -> None:
-        """Adds the queued metrics to the sums.
+        """Adds the queued metrics to the sums, calling the callbacks' ``on_step_end`` for each step.
 
         Raises:
           NonFiniteLossError: naming the (1-based) step of the first NaN/inf loss.
@@ -188,6 +203,9 @@ class EpochMetrics:
                 self.sums["loss"] += float(loss)
                 self.sums["accuracy"] += float(acc)
                 self.sums["steps"] += 1
+                if self.callbacks is not None and self.callbacks.step_end(
+                        first + j + 1, {"loss": float(loss), "accuracy": float(acc)}):
+                    self.stop = True
         self._pending.clear()
 
     def means(self) -> tuple[float, float]:
@@ -209,6 +227,13 @@ class Run(NamedTuple):
     mesh: Mesh | None
     progress: bool
     log: Callable[[str], None] | None
+    callbacks: CallbackList
+
+
+def _progress(run: Run, epochs_done: int, history: list, partial: dict, stopped: bool = False) -> dict:
+    """The ``progress`` part of a checkpoint's ``metadata["fit"]`` (callbacks' state included)."""
+    return {"epochs_done": epochs_done, "history": history, "partial": partial, "stopped": stopped,
+            "callbacks": run.callbacks.state()}
 
 
 def run_epoch(run: Run, ts: TrainState, step: int, epoch: int, metrics: EpochMetrics,
@@ -216,7 +241,8 @@ def run_epoch(run: Run, ts: TrainState, step: int, epoch: int, metrics: EpochMet
     """Trains from ``step`` to the end of ``epoch``; returns ``(train_state, step)``.
 
     Checkpoints every ``checkpoint_every`` steps, except at the epoch's last
-    call (``end_epoch`` writes that one).
+    call (``end_epoch`` writes that one). Ends early when a callback's
+    ``on_step_end`` asked to stop (``metrics.stop``).
     """
     plan = run.plan
     first_item = (step - epoch * plan.steps_per_epoch) // plan.steps_per_call
@@ -237,38 +263,45 @@ def run_epoch(run: Run, ts: TrainState, step: int, epoch: int, metrics: EpochMet
             if run.progress and metrics.sums["steps"]:
                 loss, acc = metrics.means()
                 bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}")
+        if metrics.stop:
+            break
         if run.checkpointer is not None and not last and run.checkpointer.due(step):
             metrics.drain()
-            run.checkpointer.save(ts, step, {"epochs_done": epoch, "history": history, "partial": metrics.sums})
+            run.checkpointer.save(ts, step, _progress(run, epoch, history, metrics.sums))
     bar.close()
     return ts, step
 
 
 def end_epoch(run: Run, ts: TrainState, step: int, epoch: int, metrics: EpochMetrics,
-              history: list[dict[str, float]], start: float) -> None:
-    """Appends the epoch's record to ``history``, checkpoints and logs it.
+              history: list[dict[str, float]], start: float) -> bool:
+    """Appends the epoch's record to ``history``, gives it to the callbacks, checkpoints and logs it.
 
     The record's ``seconds`` count from ``start`` (``time.perf_counter``) to
-    the end of the test evaluation.
+    the end of the test evaluation, which uses the EMA params when there are.
+    Returns whether the run stops here (a callback asked, at a step or now).
     """
     metrics.drain()
     train_loss, train_accuracy = metrics.means()
     record = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_accuracy}
     if run.test is not None:
-        ev = evaluate_batches(run.eval_step, ts.params, ts.state, *run.test, batch_size=512, mesh=run.mesh)
+        ev = evaluate_batches(run.eval_step, ts.eval_params, ts.state, *run.test, batch_size=512, mesh=run.mesh)
         record.update(test_loss=ev["loss"], test_accuracy=ev["accuracy"])
     record["seconds"] = time.perf_counter() - start
     history.append(record)
+    stop = run.callbacks.epoch_end(epoch + 1, record, ts) or metrics.stop
     if run.checkpointer is not None:
-        run.checkpointer.save(ts, step, {"epochs_done": epoch + 1, "history": history,
-                                         "partial": EpochMetrics().sums})
+        run.checkpointer.save(ts, step, _progress(run, epoch + 1, history, EpochMetrics().sums, stop))
     if run.log is not None:
         run.log(format_record(record, run.plan.epochs))
+        if stop:
+            run.log(f"stopped after epoch {epoch + 1} at step {step}: a callback asked to stop")
+    return stop
 
 
 def train_epochs(run: Run, ts: TrainState, history: list[dict[str, float]],
                  sums: dict[str, Any] | None) -> TrainState:
-    """Runs the epochs left after ``ts.step``; ``sums``: the partial epoch's metrics (resume).
+    """Runs the epochs left after ``ts.step``, until a callback stops the run; ``sums``: the
+    partial epoch's metrics (resume).
 
     Raises:
       NonFiniteLossError: naming the step, the epoch and the last good checkpoint.
@@ -278,10 +311,11 @@ def train_epochs(run: Run, ts: TrainState, history: list[dict[str, float]],
     try:
         for epoch in range(step // run.plan.steps_per_epoch, run.plan.epochs):
             start = time.perf_counter()
-            metrics = EpochMetrics(sums)
+            metrics = EpochMetrics(sums, run.callbacks)
             ts, step = run_epoch(run, ts, step, epoch, metrics, history)
-            end_epoch(run, ts, step, epoch, metrics, history, start)
             sums = None
+            if end_epoch(run, ts, step, epoch, metrics, history, start):
+                break
     except NonFiniteLossError as e:
         last = run.checkpointer.last if run.checkpointer is not None else None
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
@@ -307,8 +341,8 @@ def _writer_lock(checkpoint_dir: str | None) -> contextlib.AbstractContextManage
 
 
 def _start(checkpointer: Checkpointer, ts: TrainState, resume: bool, log: Callable[[str], None] | None
-           ) -> tuple[TrainState, list[dict[str, float]], dict[str, Any] | None]:
-    """``(train_state, history, partial-epoch sums)`` to start from: resumed, or fresh.
+           ) -> tuple[TrainState, dict[str, Any]]:
+    """``(train_state, metadata["fit"] of the checkpoint)`` to start from: resumed, or fresh (``{}``).
 
     A fresh run refuses a directory that already holds checkpoints (their
     retention would mix with its own).
@@ -316,14 +350,32 @@ def _start(checkpointer: Checkpointer, ts: TrainState, resume: bool, log: Callab
     if not resume:
         if is_primary():
             rundir.check_fresh(checkpointer.directory, context="fit")
-        return ts, [], None
+        return ts, {}
     restored = checkpointer.restore(ts, log)
     if restored is None:
-        return ts, [], None
+        return ts, {}
     ts, info = restored
     if log is not None:
-        log(f"resumed from {checkpointer.last} at step {int(ts.step)}")
-    return ts, list(info.get("history", [])), info.get("partial")
+        log(f"resumed from {checkpointer.last} at step {int(ts.step)}"
+            + (" (a callback had stopped the run there)" if info.get("stopped") else ""))
+    return ts, info
+
+
+def _checked_splits(train: Any, test: Any) -> tuple[Any, Any, tuple[Any, Any] | None]:
+    """``(train images, train labels, test)`` after checking both splits (see ``fit``)."""
+    images, labels = check_split(train, name="train", context="fit")
+    if test is not None:
+        test = check_split(test, name="test", context="fit")
+        check_same_shape(images, test[0], names=("train", "test"), context="fit")
+    return images, labels, test
+
+
+def _check_labels(model: Layer, ts: TrainState, images: Any, labels: Any, test: tuple[Any, Any] | None) -> None:
+    """Every class id of both splits must be a class of the model (see ``check_labels``)."""
+    output = output_shape(model, ts.params, ts.state, images)
+    for name, split in (("train", labels), ("test", None if test is None else test[1])):
+        if split is not None:
+            check_labels(split, output, name=name, context="fit")
 
 
 def fit(
@@ -348,6 +400,11 @@ def fit(
     resume: bool = False,
     metadata: dict | None = None,
     mesh: Mesh | None = None,
+    callbacks: list | tuple | None = None,
+    policy: str | Policy | None = None,
+    ema: float | None = None,
+    clip_norm: float | None = None,
+    mix: MixFn | None = None,
 ) -> tuple[TrainState, list[dict[str, float]]]:
     """Trains ``model`` for ``epochs`` passes over shuffled mini-batches.
 
@@ -393,53 +450,78 @@ def fit(
         every process calls ``fit`` with the same data and seed and feeds only
         its own rows of each batch. The progress bar, ``log``, the lock and the
         checkpoints are process 0's only.
+      callbacks: objects with hooks at step and epoch ends that may stop the
+        run (``jaxconv.callbacks``: ``EarlyStopping``, ``BestCheckpoint``,
+        ``CSVLogger``, ``TensorBoard``). Their state is saved in every
+        checkpoint and restored on resume; a stopped run stays stopped.
+      policy: the precision policy, ``"f32"`` (default), ``"bf16"`` or ``"fp16"``
+        (dynamic loss scaling), or a ``jaxconv.precision.Policy``; evaluation
+        uses it too.
+      ema: keep an exponential moving average of the params with this decay in
+        ``(0, 1)`` (e.g. ``0.999``; ramped up over the first steps, see
+        ``jaxconv.train.ema_decay_at``). Evaluation uses the EMA params with the
+        layer state (BatchNorm running statistics) of the trained params.
+      clip_norm: clip the gradients to this global norm before the optimizer.
+      mix: a batch mix ``(key, images, labels) -> (images, targets)`` applied in
+        the step before ``augment`` (``jaxconv.augment.mixup``, ``cutmix``,
+        ``mixing``); ``loss_fn`` then receives probability targets.
 
     Returns:
-      ``(train_state, history)``, one history dict per epoch with
+      ``(train_state, history)`` (ended early if a callback stopped the run), one history dict per epoch with
       ``train_loss``, ``train_accuracy``, ``test_loss``, ``test_accuracy``, ``seconds``.
 
     Raises:
       ValueError: a bad argument or data set (see above); a checkpoint to resume
         from that was written with another seed, batch size, ``steps_per_call``,
-        ``microbatches`` or training-set size.
+        ``microbatches``, training-set size, ``policy``, ``ema`` or ``clip_norm``.
       jaxconv.rundir.RunDirectoryError: ``checkpoint_dir`` is in use by another
         process (``DirectoryLockedError``), or holds checkpoints and ``resume`` is off.
       NonFiniteLossError: a loss (or the parameters) became NaN/inf; the message
         names the step (the 1-based count of optimizer steps) and the last good
         checkpoint, which is kept.
     """
-    images, labels = check_split(train, name="train", context="fit")
-    if test is not None:
-        test = check_split(test, name="test", context="fit")
-        check_same_shape(images, test[0], names=("train", "test"), context="fit")
+    images, labels, test = _checked_splits(train, test)
+    policy = get_policy(policy, context="fit")
     plan = plan_run(n_train=len(labels), epochs=epochs, batch_size=batch_size, seed=seed,
-                    steps_per_call=steps_per_call, microbatches=microbatches, mesh=mesh)
+                    steps_per_call=steps_per_call, microbatches=microbatches, mesh=mesh, policy=policy,
+                    ema=ema, clip_norm=clip_norm)
     _check_checkpointing(checkpoint_dir, checkpoint_every, keep, resume)
+    callbacks = CallbackList(callbacks)
     if not is_primary():
         progress, log = False, None
     init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(plan.seed))
     if train_state is None:
-        train_state = create_train_state(model, init_key, (-1,) + tuple(np.shape(images)[1:]), optimizer)
-    output = output_shape(model, train_state.params, train_state.state, images)
-    for name, split in (("train", labels), ("test", None if test is None else test[1])):
-        if split is not None:
-            check_labels(split, output, name=name, context="fit")
+        train_state = create_train_state(model, init_key, (-1,) + tuple(np.shape(images)[1:]), optimizer,
+                                         ema=plan.ema > 0, policy=policy)
+    _check_labels(model, train_state, images, labels, test)
     checkpointer = None if checkpoint_dir is None else Checkpointer(
         checkpoint_dir, plan, every=checkpoint_every, keep=keep, metadata=metadata, mesh=mesh)
     with _writer_lock(checkpoint_dir):
-        history, sums = [], None
+        info = {}
         if checkpointer is not None:
-            train_state, history, sums = _start(checkpointer, train_state, resume, log)
+            train_state, info = _start(checkpointer, train_state, resume, log)
         if int(train_state.step) % plan.steps_per_call:
             raise ValueError(f"fit: step {int(train_state.step)} of the train state is not a multiple of "
                              f"steps_per_call={plan.steps_per_call}")
+        callbacks.restore(info.get("callbacks", {}))
+        history = list(info.get("history", []))
         train_step = make_train_step(with_augmentation(model, augment), optimizer, loss_fn,
-                                     steps_per_call=plan.steps_per_call, microbatches=plan.microbatches, mesh=mesh)
-        run = Run(plan, train_step, make_eval_step(model, loss_fn, mesh=mesh),
-                  (jnp.asarray(images), jnp.asarray(labels)), test, shuffle_key, checkpointer, mesh, progress, log)
+                                     steps_per_call=plan.steps_per_call, microbatches=plan.microbatches, mesh=mesh,
+                                     policy=policy, mix=mix, clip_norm=plan.clip_norm or None,
+                                     ema_decay=plan.ema or None)
+        run = Run(plan, train_step, make_eval_step(model, loss_fn, mesh=mesh, policy=policy),
+                  (jnp.asarray(images), jnp.asarray(labels)), test, shuffle_key, checkpointer, mesh, progress, log,
+                  callbacks)
         if mesh is not None:
             train_state = replicate(train_state, mesh)
-        return train_epochs(run, train_state, history, sums), history
+        callbacks.fit_start(FitInfo(checkpoint_dir, dict(metadata or {}), plan.epochs, plan.steps_per_epoch,
+                                    int(train_state.step), list(history), bool(info), is_primary()))
+        try:
+            if not info.get("stopped"):
+                train_state = train_epochs(run, train_state, history, info.get("partial"))
+        finally:
+            callbacks.fit_end(history)
+        return train_state, history
 
 
 def format_record(record: dict[str, float], epochs: int) -> str:

@@ -1,9 +1,10 @@
 """The training step, built from small factories that each return a pure function.
 
-- ``loss_and_grad(model, loss_fn)``: ``(params, state, images, labels, key) ->
-  (grads, new_state, loss, accuracy)`` of one batch;
+- ``loss_and_grad(model, loss_fn, policy=..., mix=...)``: ``(params, state, images,
+  labels, key[, scale]) -> (grads, new_state, loss, accuracy)`` of one batch;
 - ``microbatched(gradients, M)``: the same, as the mean over ``M`` micro-batches;
-- ``optimizer_step(optimizer, gradients)``: ``(train_state, batch) -> (train_state, metrics)``;
+- ``optimizer_step(optimizer, gradients, clip_norm=..., ema_decay=..., loss_scale=...)``:
+  ``(train_state, batch) -> (train_state, metrics)``;
 - ``repeated(step, K)``: ``K`` optimizer steps per call;
 - ``compile_step(step, mesh=...)``: the ``jax.jit`` of a step, buffer-donating,
   sharded over a device mesh if one is given.
@@ -25,12 +26,24 @@ from jax.sharding import Mesh
 from jaxconv.core import Layer, PyTree
 from jaxconv.distributed import batch_sharding, check_mesh, replicated_sharding
 from jaxconv.losses import accuracy, cross_entropy
+from jaxconv.precision import (
+    DynamicLossScale,
+    Policy,
+    all_finite,
+    for_compute,
+    get_policy,
+    keep_if,
+    next_loss_scale,
+    output_for_loss,
+)
 from jaxconv.train.state import TrainState
-from jaxconv.validate import integer
+from jaxconv.validate import integer, number
 
 LossFn = Callable[[Any, Any], Any]
-# (params, state, images, labels, key) -> (grads, new_state, loss, accuracy)
-GradientsFn = Callable[[PyTree, PyTree, Any, Any, Any], tuple[PyTree, PyTree, Any, Any]]
+# (key, images, labels) -> (images, probability targets)
+MixFn = Callable[[Any, Any, Any], tuple[Any, Any]]
+# (params, state, images, labels, key[, scale]) -> (grads, new_state, loss, accuracy)
+GradientsFn = Callable[..., tuple[PyTree, PyTree, Any, Any]]
 # (train_state, (images, labels)) -> (train_state, {"loss", "accuracy"})
 StepFn = Callable[[TrainState, tuple[Any, Any]], tuple[TrainState, dict[str, Any]]]
 
@@ -56,22 +69,44 @@ def with_augmentation(model: Layer, augment: Callable[[Any, Any], Any] | None) -
     return Layer(model.init, apply, model.kind, model.children)
 
 
-def loss_and_grad(model: Layer, loss_fn: LossFn = cross_entropy) -> GradientsFn:
-    """``gradients(params, state, images, labels, key) -> (grads, new_state, loss, accuracy)``.
+def loss_and_grad(model: Layer, loss_fn: LossFn = cross_entropy, *, policy: str | Policy | None = None,
+                  mix: MixFn | None = None) -> GradientsFn:
+    """``gradients(params, state, images, labels, key, scale=None) -> (grads, new_state, loss, accuracy)``.
 
     ``loss`` is ``loss_fn(logits, labels)`` of the model in training mode
     (``key`` feeds its stochastic layers), ``grads`` its gradient with respect
     to ``params``, ``accuracy`` the batch's (before the update).
-    """
 
-    def loss_and_outputs(params, state, images, labels, key):
+    Args:
+      model, loss_fn: the network and its loss.
+      policy: a precision policy (``jaxconv.precision``): the model runs on
+        params and images cast to its compute dtype; the logits reach
+        ``loss_fn`` in float32; the gradients are float32 like the params.
+      mix: a batch mix (``jaxconv.augment.mixup``...) applied to the images and
+        labels first, with a key split from ``key``; ``loss_fn`` and the
+        accuracy then see probability targets.
+
+    With a ``scale`` (dynamic loss scaling), the gradient is taken of
+    ``loss * scale`` and divided by ``scale`` afterwards (in float32).
+    """
+    policy = get_policy(policy, context="loss_and_grad")
+
+    def loss_and_outputs(params, state, images, labels, key, scale):
+        params, images = for_compute(policy, params, images)
         logits, new_state = model.apply(params, state, images, key=key, train=True)
-        return loss_fn(logits, labels), (new_state, logits)
+        logits = output_for_loss(policy, logits)
+        loss = loss_fn(logits, labels)
+        return (loss if scale is None else loss * scale), (loss, new_state, logits)
 
     value_and_grad = jax.value_and_grad(loss_and_outputs, has_aux=True)
 
-    def gradients(params, state, images, labels, key):
-        (loss, (new_state, logits)), grads = value_and_grad(params, state, images, labels, key)
+    def gradients(params, state, images, labels, key, scale=None):
+        if mix is not None:
+            mix_key, key = jax.random.split(key)
+            images, labels = mix(mix_key, images, labels)
+        (_, (loss, new_state, logits)), grads = value_and_grad(params, state, images, labels, key, scale)
+        if scale is not None:
+            grads = jax.tree_util.tree_map(lambda g: g / scale, grads)
         return grads, new_state, loss, accuracy(logits, labels)
 
     return gradients
@@ -91,8 +126,9 @@ def microbatched(gradients: GradientsFn, microbatches: int) -> GradientsFn:
     if microbatches == 1:
         return gradients
 
-    def mean_gradients(params, state, images, labels, key):
+    def mean_gradients(params, state, images, labels, key, scale=None):
         size = images.shape[0]
+        extra = () if scale is None else (scale,)
         if size % microbatches:
             raise ValueError(f"microbatched: microbatches={microbatches} must divide the batch "
                              f"size, got a batch of {size}")
@@ -103,7 +139,7 @@ def microbatched(gradients: GradientsFn, microbatches: int) -> GradientsFn:
         def body(carry, micro):
             total, state = carry
             index, x, y = micro
-            grads, state, loss, acc = gradients(params, state, x, y, jax.random.fold_in(key, index))
+            grads, state, loss, acc = gradients(params, state, x, y, jax.random.fold_in(key, index), *extra)
             return (jax.tree_util.tree_map(jnp.add, total, grads), state), (loss, acc)
 
         zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
@@ -115,20 +151,79 @@ def microbatched(gradients: GradientsFn, microbatches: int) -> GradientsFn:
     return mean_gradients
 
 
-def optimizer_step(optimizer: optax.GradientTransformation, gradients: GradientsFn) -> StepFn:
+def ema_decay_at(decay: float, step: Any) -> Any:
+    """The EMA's decay at update ``step`` (1-based): ``min(decay, (1 + step) / (10 + step))``.
+
+    The ramp (TensorFlow's ``ExponentialMovingAverage`` with ``num_updates``)
+    lets the average follow the fast changes of the first steps instead of
+    staying near the initial params for ``1 / (1 - decay)`` steps.
+    """
+    step = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(jnp.float32(decay), (1.0 + step) / (10.0 + step))
+
+
+def updated_ema(ema: PyTree, params: PyTree, step: Any, decay: float) -> PyTree:
+    """``ema * d + params * (1 - d)`` leaf by leaf, ``d = ema_decay_at(decay, step)``."""
+    d = ema_decay_at(decay, step)
+    return jax.tree_util.tree_map(lambda e, p: (e * d + p * (1 - d)).astype(e.dtype), ema, params)
+
+
+def clipped(grads: PyTree, clip_norm: float) -> PyTree:
+    """``grads`` scaled to a global norm of at most ``clip_norm`` (``optax.clip_by_global_norm``)."""
+    return optax.clip_by_global_norm(clip_norm).update(grads, optax.EmptyState())[0]
+
+
+def _check_train_state(ts: TrainState, ema_decay: float | None, loss_scale: DynamicLossScale | None) -> None:
+    """Raises (at trace time) unless ``ts`` holds the EMA and loss scale the step updates."""
+    if ema_decay is not None and ts.ema is None:
+        raise ValueError("optimizer_step: ema_decay is set but the train state has no EMA; create it "
+                         "with create_train_state(..., ema=True)")
+    if loss_scale is not None and ts.loss_scale is None:
+        raise ValueError("optimizer_step: the policy scales the loss but the train state has no loss "
+                         "scale; create it with create_train_state(..., policy='fp16')")
+
+
+def optimizer_step(optimizer: optax.GradientTransformation, gradients: GradientsFn, *,
+                   clip_norm: float | None = None, ema_decay: float | None = None,
+                   loss_scale: DynamicLossScale | None = None) -> StepFn:
     """``step(train_state, (images, labels)) -> (train_state, {"loss", "accuracy"})``: one update.
 
     The step's key is ``fold_in(train_state.key, train_state.step)``; the
     metrics are those of the batch before the update.
+
+    Args:
+      optimizer, gradients: the update rule and the gradients of a batch.
+      clip_norm: clip the gradients to this global norm before the optimizer.
+      ema_decay: update ``train_state.ema`` (which must hold params) after the
+        update with ``ema_decay_at(ema_decay, step)``.
+      loss_scale: dynamic loss scaling settings; ``train_state.loss_scale``
+        must hold its state. The gradients are taken of the scaled loss; a step
+        with a non-finite gradient changes nothing but the step count and the
+        scale (see ``jaxconv.precision``).
     """
+    context = "optimizer_step"
+    if clip_norm is not None:
+        number(clip_norm, "clip_norm", context=context, minimum=0, exclusive_minimum=True)
+    if ema_decay is not None:
+        number(ema_decay, "ema_decay", context=context, minimum=0, maximum=1, exclusive_maximum=True)
 
     def step(ts: TrainState, batch):
+        _check_train_state(ts, ema_decay, loss_scale)
         images, labels = batch
         step_key = jax.random.fold_in(ts.key, ts.step)
-        grads, state, loss, acc = gradients(ts.params, ts.state, images, labels, step_key)
-        updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
+        scale = () if loss_scale is None else (ts.loss_scale.scale,)
+        grads, state, loss, acc = gradients(ts.params, ts.state, images, labels, step_key, *scale)
+        updates, opt_state = optimizer.update(grads if clip_norm is None else clipped(grads, clip_norm),
+                                              ts.opt_state, ts.params)
         params = optax.apply_updates(ts.params, updates)
-        return TrainState(ts.step + 1, params, state, opt_state, ts.key), {"loss": loss, "accuracy": acc}
+        ema = ts.ema if ema_decay is None else updated_ema(ts.ema, params, ts.step + 1, ema_decay)
+        new = TrainState(ts.step + 1, params, state, opt_state, ts.key, ema, ts.loss_scale)
+        if loss_scale is not None:
+            finite = all_finite(grads)
+            kept = keep_if(finite, (params, state, opt_state, ema), (ts.params, ts.state, ts.opt_state, ts.ema))
+            new = new._replace(params=kept[0], state=kept[1], opt_state=kept[2], ema=kept[3],
+                               loss_scale=next_loss_scale(loss_scale, ts.loss_scale, finite))
+        return new, {"loss": loss, "accuracy": acc}
 
     return step
 
@@ -173,6 +268,10 @@ def make_train_step(
     steps_per_call: int = 1,
     microbatches: int = 1,
     mesh: Mesh | None = None,
+    policy: str | Policy | None = None,
+    mix: MixFn | None = None,
+    clip_norm: float | None = None,
+    ema_decay: float | None = None,
 ) -> Any:
     """Builds a jit-compiled, buffer-donating training step (a ``jax.jit`` object).
 
@@ -208,14 +307,25 @@ def make_train_step(
     ``distributed.shard_batch`` or ``distributed.host_local_batch``, which
     check that the global batch size divides by the size of the ``"data"``
     axis (a batch that does not gets JAX's ``ValueError`` about the sharding).
+
+    The recipe options: ``policy`` (mixed precision, ``jaxconv.precision``;
+    ``"fp16"`` scales the loss, the train state must come from
+    ``create_train_state(policy="fp16")``), ``mix`` (a batch mix of
+    ``jaxconv.augment``, applied to each micro-batch), ``clip_norm`` (global-norm
+    gradient clipping before the optimizer) and ``ema_decay`` (an exponential
+    moving average of the params in ``train_state.ema``, which must come from
+    ``create_train_state(ema=True)``). See ``loss_and_grad`` and ``optimizer_step``.
     """
     context = "make_train_step"
     steps_per_call = integer(steps_per_call, "steps_per_call", context=context, minimum=1)
     microbatches = integer(microbatches, "microbatches", context=context, minimum=1)
     if mesh is not None:
         check_mesh(mesh, context=context)
-    gradients = microbatched(loss_and_grad(model, loss_fn), microbatches)
-    step = repeated(optimizer_step(optimizer, gradients), steps_per_call)
+    policy = get_policy(policy, context=context)
+    gradients = microbatched(loss_and_grad(model, loss_fn, policy=policy, mix=mix), microbatches)
+    step = optimizer_step(optimizer, gradients, clip_norm=clip_norm, ema_decay=ema_decay,
+                          loss_scale=policy.loss_scale)
+    step = repeated(step, steps_per_call)
     return compile_step(step, mesh=mesh, steps_per_call=steps_per_call)
 
 
