@@ -316,7 +316,11 @@ def _convert_leaf(module: _Module, leaf: _Leaf) -> tuple[dict, dict]:
     return params, state
 
 
-def _set(tree: dict, path: str, value: Any) -> None:
+def _set(tree: dict, path: str, value: dict) -> None:
+    """Puts ``value`` at ``path`` of ``tree`` (``""``: the root, a model that is one layer)."""
+    if not path:
+        tree.update(value)
+        return
     keys = path.split("/")
     for k in keys[:-1]:
         tree = tree[k]
@@ -341,7 +345,7 @@ def _split(leaf: _Leaf) -> list[_Leaf]:
         return [leaf]
     out = []
     for key, params in leaf.params.items():
-        sub = _Leaf(f"{leaf.path}/{key}", f"{leaf.name}.{key}", params,
+        sub = _Leaf(f"{leaf.path}/{key}".lstrip("/"), f"{leaf.name}.{key}".lstrip("."), params,
                     leaf.state.get(key, {}), None)
         if jax.tree_util.tree_leaves((sub.params, sub.state)):
             out.extend(_split(sub))
@@ -360,7 +364,8 @@ def _weighted_layers(model: Layer, input_shape: tuple) -> list[_Leaf]:
             origin = None
             if flatten_origin is not None and "kernel" in p and p["kernel"].ndim == 2:
                 origin = (flatten_origin[-1], *flatten_origin[:-1])
-            leaves += _split(_Leaf(info.path, _torch_name(model, info.path), p, s, origin))
+            path = "" if info.layer is model else info.path  # a model that is one layer: the root
+            leaves += _split(_Leaf(path, _torch_name(model, path), p, s, origin))
             flatten_origin = None
         elif tuple(info.output_shape) != tuple(info.input_shape):
             flatten_origin = None

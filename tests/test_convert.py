@@ -364,3 +364,14 @@ def test_bfloat16_torch_tensors_convert_exactly():
     kernel = convert.dense_kernel(w)
     assert kernel.dtype == np.float32
     np.testing.assert_array_equal(kernel, w.float().numpy().T)
+
+
+def test_a_model_that_is_one_layer_takes_the_module_at_the_root():
+    sd = {"weight": rand(4, 2, 3, 3), "bias": rand(4, seed=1)}
+    params, state = convert.load_torch_state_dict(jc.Conv(4, 3, impl="lax"), (-1, 5, 5, 2), sd)
+    assert set(params) == {"kernel", "bias"} and state == {}
+    np.testing.assert_array_equal(params["kernel"], convert.conv_kernel(sd["weight"]))
+    se = {"fc1.weight": rand(2, 8, 1, 1), "fc1.bias": rand(2), "fc2.weight": rand(8, 2, 1, 1),
+          "fc2.bias": rand(8)}
+    params, _ = convert.load_torch_state_dict(jc.SqueezeExcite(2), (-1, 3, 3, 8), se)
+    np.testing.assert_array_equal(params["fc2"]["bias"], se["fc2.bias"])
