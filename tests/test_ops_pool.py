@@ -15,7 +15,6 @@ from jax.test_util import check_grads
 
 from jaxconv import ops
 from jaxconv.ops.spec import padding_pairs
-from tests.torch_ref import import_torch
 
 
 def ref_pool(x, kind, window, stride, pads, count_include_pad=True):
@@ -181,25 +180,6 @@ def test_dtypes():
     assert ops.avg_pool(xi, 2).dtype == jnp.float32
 
 
-def test_torch_agrees():
-    torch = import_torch()
-    F = torch.nn.functional
-    x = rand((2, 3, 7, 9), seed=5)  # NCHW
-    xt, xj = torch.from_numpy(x), x.transpose(0, 2, 3, 1)
-    to_nhwc = lambda t: t.numpy().transpose(0, 2, 3, 1)  # noqa: E731
-    np.testing.assert_allclose(ops.max_pool(xj, 3, 2, 1), to_nhwc(F.max_pool2d(xt, 3, 2, 1)))
-    for cip in (True, False):
-        np.testing.assert_allclose(
-            ops.avg_pool(xj, (3, 2), (2, 1), (1, 1), count_include_pad=cip),
-            to_nhwc(F.avg_pool2d(xt, (3, 2), (2, 1), (1, 1), count_include_pad=cip)),
-            rtol=1e-5, atol=1e-6)
-    for out in ((3, 4), (5, 2)):
-        np.testing.assert_allclose(ops.adaptive_avg_pool(xj, out),
-                                   to_nhwc(F.adaptive_avg_pool2d(xt, out)), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(ops.adaptive_max_pool(xj, out),
-                                   to_nhwc(F.adaptive_max_pool2d(xt, out)))
-
-
 @pytest.mark.parametrize("call,words", [
     (lambda: ops.max_pool(np.zeros((4, 4)), 2), "expected input of rank 3, 4 or 5"),
     (lambda: ops.avg_pool(np.zeros((1, 2, 3, 4, 5, 6)), 2), "got shape (1, 2, 3, 4, 5, 6)"),
@@ -207,7 +187,26 @@ def test_torch_agrees():
     (lambda: ops.max_pool(np.zeros((1, 3, 3, 1)), 2, padding=2), "smaller than the window"),
     (lambda: ops.min_pool(np.zeros((1, 3, 3, 1)), (2, 2, 2)), "window must be an int or a sequence of 2"),
     (lambda: ops.max_pool(np.zeros((1, 3, 3, 1)), 2, 0),
-     "max_pool: stride must be an int or a sequence of 2 ints >= 1, got 0"),
+     "max_pool: stride must be an int or a sequence of ints >= 1, got 0"),
+    (lambda: ops.max_pool(np.zeros((1, 3, 3, 1)), 2, (1, 1, 1)),
+     "max_pool: stride must be an int or a sequence of 2 ints >= 1, got (1, 1, 1)"),
+    (lambda: ops.max_pool(np.zeros((1, 3, 3, 1)), 2, dilation=0),
+     "max_pool: dilation must be an int or a sequence of ints >= 1, got 0"),
+    (lambda: ops.max_pool(np.zeros((1, 9, 1)), 2, padding=3, dilation=2),
+     "smaller than the window on each side (every window must overlap the input); got pads "
+     "((3, 3),) for window (2,) (dilation (2,))"),
+    # Dilation 3 steps over a 1-element input: the window (-2, 1) reads only padding.
+    (lambda: ops.max_pool(np.zeros((1, 1, 1)), 2, 1, 2, dilation=3),
+     "with dilation (3,) some windows read only padding"),
+    (lambda: ops.max_pool(np.zeros((1, 3, 1)), 2, ceil_mode=1), "ceil_mode must be True or False"),
+    (lambda: ops.min_pool(np.zeros((1, 3, 1)), 2, return_indices="yes"),
+     "min_pool: return_indices must be True or False, got 'yes'"),
+    (lambda: ops.avg_pool(np.zeros((1, 3, 1)), 2, divisor_override=0),
+     "avg_pool: divisor_override must be an int >= 1, got 0"),
+    (lambda: ops.avg_pool(np.zeros((1, 3, 1)), 2, divisor_override=1.5),
+     "avg_pool: divisor_override must be an int >= 1, got 1.5"),
+    (lambda: ops.adaptive_max_pool(np.zeros((1, 3, 1)), 2, return_indices=None),
+     "adaptive_max_pool: return_indices must be True or False"),
     (lambda: ops.avg_pool(np.zeros((1, 3, 3, 1)), 2, padding="FULL"), "unknown padding 'FULL'"),
     (lambda: ops.adaptive_avg_pool(np.zeros((1, 3, 3, 1)), 0), "must be positive"),
     (lambda: ops.adaptive_max_pool(np.zeros((1, 3, 3, 1)), (2, -1)), "got (2, -1)"),
@@ -220,27 +219,27 @@ def test_bad_input(call, words):
     assert words in str(err.value)
 
 
-def test_shared_bodies_reject_unknown_kind():
-    from jaxconv.ops.pool import adaptive_pool, global_pool, window_pool
+def test_shared_bodies_reject_unknown_kind_and_misplaced_options():
+    from jaxconv.ops.pool import adaptive_pool, global_pool, pool_options
     x = np.zeros((1, 4, 4, 1))
-    for call in (lambda: window_pool(x, "sum", 2), lambda: global_pool(x, "min"),
+    for call in (lambda: pool_options("sum", 2), lambda: global_pool(x, "min"),
                  lambda: adaptive_pool(x, 2, "min")):
         with pytest.raises(ValueError, match="unknown kind"):
             call()
+    for call, words in [
+        (lambda: pool_options("avg", 2, dilation=2, context="AvgPool"),
+         "AvgPool: dilation is not an option of avg pooling"),
+        (lambda: pool_options("avg", 2, return_indices=True), "return_indices is not an option of avg"),
+        (lambda: pool_options("max", 2, count_include_pad=False), "count_include_pad is not an option of max"),
+        (lambda: pool_options("min", 2, divisor_override=2), "divisor_override is not an option of min"),
+        (lambda: adaptive_pool(x, 2, "avg", return_indices=True), "return_indices is not an option"),
+    ]:
+        with pytest.raises(ValueError) as err:
+            call()
+        assert words in str(err.value)
 
 
-# --- The strided-slice ("tiled") path of max/min pooling against lax.reduce_window. ---
-
-# (input shape, window, padding): stride == window and no padding, so the tiled path applies;
-# sizes the window does not divide (VALID drops the remainder) and 1-D/2-D/3-D.
-TILED_CASES = [
-    ((2, 8, 3), 2, "VALID"),
-    ((2, 9, 3), 3, 0),
-    ((3, 8, 6, 4), 2, "VALID"),
-    ((2, 7, 9, 3), (2, 3), "VALID"),
-    ((2, 6, 6, 2), 3, "SAME"),  # SAME with sizes the window divides has no padding
-    ((1, 4, 6, 5, 2), 2, ((0, 0), (0, 0), (0, 0))),
-]
+# --- How max-type pools evaluate: values by element-wise max/min, derivatives by picks. ---
 
 
 def tie_heavy(shape, seed):
@@ -249,89 +248,87 @@ def tie_heavy(shape, seed):
     return np.maximum(v, 0.0)
 
 
-def reduce_window_reference(kind, shape, window, padding):
-    from jaxconv.ops.pool import _reduce_window_pool, pool_geometry
-    w, s, pads, _ = pool_geometry(shape, window, None, padding)
-    return lambda v: _reduce_window_pool(v, kind, w, s, pads)
+# Each keeps a different path: tiling windows (a reshape), tiling with a remainder,
+# overlapping padded windows, ceil mode with dilation, min, global (one window), even
+# adaptive bins (slices). Shapes are shared so that the cases compile few programs.
+EXTREME_POOLS = {
+    "tiled": lambda v: ops.max_pool(v, 2),
+    "tiled_remainder": lambda v: ops.max_pool(v[:, :7], 2),
+    "overlapping": lambda v: ops.max_pool(v, 3, 2, 1),
+    "ceil_dilated": lambda v: ops.max_pool(v, 2, (2, 3), 1, dilation=2, ceil_mode=True),
+    "min": lambda v: ops.min_pool(v, (3, 2), 1, "SAME", ceil_mode=True),
+    "global": ops.global_max_pool,
+    "adaptive_even": lambda v: ops.adaptive_max_pool(v, (4, 2)),
+}
 
 
-@pytest.mark.parametrize("shape,window,padding", TILED_CASES)
-def test_tiled_path_equals_reduce_window_values_and_derivatives(shape, window, padding):
-    from jaxconv.ops.pool import pool_geometry, tiled_pool_applies
-    w, s, pads, out_shape = pool_geometry(shape, window, None, padding)
-    assert tiled_pool_applies(w, s, pads)
-    for kind, op in OPS.items():
-        fast = lambda v, op=op: op(v, window, None, padding)  # noqa: E731
-        slow = reduce_window_reference(kind, shape, window, padding)
-
-        def both(v, ct, t, f):
-            y, vjp = jax.vjp(f, v)
-            return y, vjp(ct)[0], jax.jvp(f, (v,), (t,))[1]
-
-        run = jax.jit(both, static_argnums=3)
-        for seed, x in enumerate((rand(shape, seed=1), tie_heavy(shape, 2), -tie_heavy(shape, 3))):
-            ct = rand(out_shape, seed=10 + seed)
-            t = rand(shape, seed=20 + seed)
-            got, want = run(x, ct, t, fast), run(x, ct, t, slow)
-            for a, b in zip(got, want):
-                np.testing.assert_array_equal(a, b)
-            w_shape, w_grad, _ = want
-            assert w_shape.shape == out_shape and np.count_nonzero(w_grad) > 0
-
-
-def test_tiled_path_ties_give_the_first_element_in_row_major_order():
-    # Windows (2x2, one channel): [[1, 3], [3, 2]] has its max 3 at (0, 1) and (1, 0);
-    # [[3, 0], [1, 3]] at (0, 0) and (1, 1). The first in row-major order gets the gradient.
-    x = jnp.asarray([[1.0, 3, 3, 0], [3, 2, 1, 3]]).reshape(1, 2, 4, 1)
-    g = jax.grad(lambda v: ops.max_pool(v, 2).sum())(x)[0, ..., 0]
-    np.testing.assert_array_equal(g, [[0, 1, 1, 0], [0, 0, 0, 0]])
-    g = jax.grad(lambda v: ops.min_pool(v, 2).sum())(-x)[0, ..., 0]
-    np.testing.assert_array_equal(g, [[0, 1, 1, 0], [0, 0, 0, 0]])
-    # All-equal windows (also all -inf): the window's first element.
-    for fill in (0.0, -np.inf):
-        g = jax.grad(lambda v: ops.max_pool(v, (2, 3)).sum())(jnp.full((1, 2, 3, 1), fill))
-        np.testing.assert_array_equal(g[0, ..., 0], [[1, 0, 0], [0, 0, 0]])
-    # NaNs: reduce_window's select keeps the current element only while "current >= next"
-    # holds, so after a NaN the next element is selected; the tiled path does the same.
-    x = jnp.asarray([[1.0, np.nan, np.nan, 1.0, 1.0, 2.0, np.nan, np.nan],
-                     [3.0, 2.0, np.nan, 2.0, 3.0, np.nan, np.nan, np.nan]]).reshape(1, 2, 8, 1)
-    for kind, op in OPS.items():
-        slow = reduce_window_reference(kind, x.shape, 2, "VALID")
-        np.testing.assert_array_equal(jax.grad(lambda v, op=op: op(v, 2).sum())(x),
-                                      jax.grad(lambda v, slow=slow: slow(v).sum())(x))
-
-
-def test_tiled_path_is_taken_for_2x2_and_not_otherwise():
+@pytest.mark.parametrize("name", list(EXTREME_POOLS))
+def test_gradient_has_no_scatter_gather_or_reduce_window(name):
     x = jnp.zeros((2, 8, 8, 3))
-
-    def prims(f):  # the printed jaxpr of the gradient, nested jaxprs included
-        return str(jax.make_jaxpr(jax.grad(lambda v: f(v).sum()))(x))
-
-    for f in (lambda v: ops.max_pool(v, 2), lambda v: ops.min_pool(v, 2, 2, "VALID"),
-              lambda v: ops.max_pool(v[:, :7], 2)):
-        text = prims(f)
-        for word in ("reduce_window", "select_and", "scatter", "gather"):
-            assert word not in text, text
-        assert " max " in text or " min " in text  # element-wise max/min of strided slices
-    # Overlapping windows or padding keep lax.reduce_window.
-    assert "reduce_window" in prims(lambda v: ops.max_pool(v, 3, 2))
-    assert "reduce_window" in prims(lambda v: ops.max_pool(v, 2, padding=1))
+    text = str(jax.make_jaxpr(jax.grad(lambda v: EXTREME_POOLS[name](v).sum()))(x))
+    for word in ("reduce_window", "select_and", "scatter", "gather"):
+        assert word not in text, text
 
 
-def test_tiled_path_under_vmap_and_dtypes():
-    xs = tie_heavy((3, 2, 6, 4, 2), 4)
-    slow = reduce_window_reference("max", xs.shape[1:], 2, "VALID")
-    fast_g = jax.vmap(jax.grad(lambda v: (ops.max_pool(v, 2) ** 2).sum()))(xs)
-    slow_g = jax.vmap(jax.grad(lambda v: (slow(v) ** 2).sum()))(xs)
-    np.testing.assert_array_equal(fast_g, slow_g)
-    np.testing.assert_array_equal(jax.vmap(lambda v: ops.max_pool(v, 2))(xs), jax.vmap(slow)(xs))
-    # Integer inputs keep their dtype; bfloat16 gradients route like float32 ones.
+def test_fast_values_equal_picks_and_jvp_is_the_transpose_of_vjp():
+    # Without derivatives, values come from element-wise max/min; under jvp and vjp,
+    # from the picked elements: the two agree (NaN and infinities included). And
+    # <jvp(t), ct> == <t, vjp(ct)>: the custom derivative and its transpose are one
+    # linear map. A window's cotangent reaches one input element (ties included).
+    x = tie_heavy((2, 8, 8, 3), 5)
+    x[0, 1, 2, :] = [np.nan, -np.inf, np.inf]
+    x[1, :4, :4, 0] = -np.inf
+    x = jnp.asarray(x)
+    fns = list(EXTREME_POOLS.values())
+
+    @jax.jit
+    def run(x, t, cts):
+        out = []
+        for f, ct in zip(fns, cts):
+            y, pull = jax.vjp(f, x)
+            y_jvp, dy = jax.jvp(f, (x,), (t,))
+            out.append((f(x), y, y_jvp, dy, pull(ct)[0], pull(jnp.ones_like(ct))[0]))
+        return out
+
+    shapes = [jax.eval_shape(f, x).shape for f in fns]
+    cts = [jnp.asarray(rand(shape, 7 + i)) for i, shape in enumerate(shapes)]
+    t = jnp.asarray(rand(x.shape, 6))
+    for name, ct, (y, y_vjp, y_jvp, dy, dx, ones) in zip(EXTREME_POOLS, cts, run(x, t, cts)):
+        np.testing.assert_array_equal(y_vjp, y, err_msg=name)
+        np.testing.assert_array_equal(y_jvp, y, err_msg=name)
+        np.testing.assert_allclose(float(jnp.vdot(dy, ct)), float(jnp.vdot(t, dx)), rtol=1e-5,
+                                   err_msg=name)
+        assert float(ones.sum()) == y.size and np.count_nonzero(ones) <= y.size, name
+
+
+def test_integer_and_bfloat16_inputs():
     xi = jnp.arange(48, dtype=jnp.int32).reshape(1, 6, 8, 1) % 7
-    y = ops.max_pool(xi, 2)
-    assert y.dtype == jnp.int32
-    np.testing.assert_array_equal(y, reduce_window_reference("max", xi.shape, 2, "VALID")(xi))
-    xb = jnp.asarray(xs[0], jnp.bfloat16)
-    gb = jax.grad(lambda v: ops.max_pool(v, 2).astype(jnp.float32).sum())(xb)
-    assert gb.dtype == jnp.bfloat16
-    np.testing.assert_array_equal(gb.astype(jnp.float32),
-                                  jax.grad(lambda v: slow(v).sum())(jnp.asarray(xs[0])))
+    for y in (ops.max_pool(xi, 2), ops.max_pool(xi, 3, 2, 1, ceil_mode=True),
+              ops.min_pool(xi, 3, 2, 1)):
+        assert y.dtype == jnp.int32
+    np.testing.assert_array_equal(ops.max_pool(xi, 3, 2, 1)[0, ..., 0],
+                                  ref_pool(xi, "max", (3, 3), (2, 2), ((1, 1), (1, 1)))[0, ..., 0])
+    np.testing.assert_array_equal(ops.min_pool(xi, 3, 2, 1)[0, ..., 0],
+                                  ref_pool(xi, "min", (3, 3), (2, 2), ((1, 1), (1, 1)))[0, ..., 0])
+    values, indices = ops.max_pool(xi, 2, return_indices=True)
+    assert values.dtype == jnp.int32 and indices.dtype == jnp.int32
+    # bfloat16 gradients route like float32 ones (small integers are exact in both).
+    x = tie_heavy((2, 6, 4, 2), 4)
+    for f in (lambda v: ops.max_pool(v, 2), lambda v: ops.max_pool(v, 3, 1, 1)):
+        g32 = jax.grad(lambda v, f=f: f(v).sum())(jnp.asarray(x))
+        g16 = jax.grad(lambda v, f=f: f(v).astype(jnp.float32).sum())(jnp.asarray(x, jnp.bfloat16))
+        assert g16.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(g16.astype(jnp.float32), g32)
+
+
+def test_under_vmap():
+    xs = tie_heavy((3, 2, 6, 5, 2), 4)
+    f = lambda v: ops.max_pool(v, 3, 2, 1, ceil_mode=True)  # noqa: E731
+    grad = jax.grad(lambda v: (f(v) ** 2).sum())
+    batched = jax.vmap(grad)(xs)
+    for i in range(len(xs)):
+        np.testing.assert_array_equal(batched[i], grad(jnp.asarray(xs[i])))
+    values, indices = jax.vmap(lambda v: ops.max_pool(v, 2, return_indices=True))(xs)
+    ref_values, ref_indices = ops.max_pool(jnp.asarray(xs[1]), 2, return_indices=True)
+    np.testing.assert_array_equal(values[1], ref_values)
+    np.testing.assert_array_equal(indices[1], ref_indices)
