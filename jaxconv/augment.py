@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxconv.data import augmentation
+from jaxconv.data.arrays import augmentation
 from jaxconv.validate import integer, number
 
 AugmentFn = Callable[[Any, Any], Any]

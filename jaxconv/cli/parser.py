@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from jaxconv import augment
+from jaxconv.cli.exporter import FORMATS, cmd_export
 from jaxconv.cli.tools import cmd_bench, cmd_summary, cmd_verify
-from jaxconv.cli.training import DEFAULT_AUGMENT, cmd_evaluate, cmd_train
-from jaxconv.data import parse_augment
+from jaxconv.cli.training import BEST_FILE, CSV_FILE, DEFAULT_AUGMENT, TENSORBOARD_DIR, cmd_evaluate, cmd_train
 from jaxconv.models import MODELS
+from jaxconv.precision import POLICIES
 from jaxconv.recipes import OPTIMIZERS, SCHEDULES
 from jaxconv.rundir import check_output_dir
 from jaxconv.train import MAX_SEED
@@ -17,7 +19,8 @@ from jaxconv.validate import integer, number
 INT_OPTIONS = {
     "train": (("epochs", 1, None), ("batch_size", 1, None), ("seed", 0, MAX_SEED),
               ("steps_per_call", 1, None), ("microbatches", 1, None), ("checkpoint_every", 1, None),
-              ("keep", 1, None), ("devices", 1, None), ("num_processes", 1, None), ("process_id", 0, None)),
+              ("keep", 1, None), ("devices", 1, None), ("num_processes", 1, None), ("process_id", 0, None),
+              ("early_stopping", 1, None)),
     "summary": (("num_classes", 1, None),),
     "verify": (("cases", 1, None), ("seed", 0, MAX_SEED)),
     "bench": (("rounds", 1, None),),
@@ -29,6 +32,33 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def warmup_value(text: str, *, context: str) -> int | float:
+    """``--warmup-steps``: an int count of steps (``100``) or a fraction of the run in (0, 1) (``0.05``)."""
+    try:
+        value = int(text) if text.strip().lstrip("+").isdigit() else float(text)
+    except ValueError:
+        value = None
+    if value is None or (isinstance(value, int) and value < 0) or (
+            isinstance(value, float) and not 0 < value < 1):
+        raise ValueError(f"{context}: --warmup-steps must be an int >= 0 or a fraction in (0, 1), got {text!r}")
+    return value
+
+
+def _check_recipe_args(args: argparse.Namespace, context: str) -> None:
+    """``--warmup-steps`` (converted in place), ``--clip-norm``, ``--ema`` and ``--augment``."""
+    args.warmup_steps = warmup_value(args.warmup_steps, context=context)
+    if args.clip_norm is not None:
+        number(args.clip_norm, "--clip-norm", context=context, minimum=0, exclusive_minimum=True)
+    if args.ema is not None:
+        number(args.ema, "--ema", context=context, minimum=0, maximum=1, exclusive_minimum=True,
+               exclusive_maximum=True)
+    spec = DEFAULT_AUGMENT[args.dataset] if args.augment == "auto" else args.augment
+    try:
+        augment.parse(spec)
+    except ValueError as e:
+        raise ValueError(f"{context}: {e}") from None
 
 
 def _check_train_args(args: argparse.Namespace) -> None:
@@ -43,11 +73,7 @@ def _check_train_args(args: argparse.Namespace) -> None:
                          f"{args.batch_size}")
     if args.process_id is not None and args.num_processes is not None:  # one of --num-processes P
         integer(args.process_id, "--process-id", context=context, minimum=0, maximum=args.num_processes - 1)
-    spec = DEFAULT_AUGMENT[args.dataset] if args.augment == "auto" else args.augment
-    try:
-        parse_augment(spec)
-    except ValueError as e:
-        raise ValueError(f"{context}: {e}") from None
+    _check_recipe_args(args, context)
     check_output_dir(args.out, context=f"{context}: --out")
 
 
@@ -65,6 +91,8 @@ def check_args(args: argparse.Namespace) -> None:
             integer(value, flag, context=context, minimum=minimum, maximum=maximum)
     if args.command == "train":
         _check_train_args(args)
+    if args.command == "export" and args.batch != "dynamic" and not (args.batch.isdigit() and int(args.batch) >= 1):
+        raise ValueError(f"{context}: --batch must be 'dynamic' or an int >= 1, got {args.batch!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--weight-decay", type=float, default=1e-4, help=">= 0")
     train.add_argument("--label-smoothing", type=float, default=0.1, help="in [0, 1)")
     train.add_argument("--augment", default="auto",
-                       help="'auto' (per data set), 'none', or a comma list of crop:P and flip")
+                       help="'auto' (per data set), 'none', or a comma list of crop:P, flip, cutout:S, "
+                            "mixup:ALPHA and cutmix:ALPHA (both: one of the two per batch)")
     train.add_argument("--epochs", type=int, default=None, help="default 30 on digits, else 10")
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--seed", type=int, default=0, help=f"an int in [0, {MAX_SEED}] (2**32 - 1)")
@@ -106,6 +135,28 @@ def build_parser() -> argparse.ArgumentParser:
                             "(with the options it was started with)")
     owner.add_argument("--overwrite", action="store_true",
                        help="replace the run in --out: delete the files jaxconv wrote there first")
+    recipe = train.add_argument_group("recipe", "training options beyond the optimizer")
+    recipe.add_argument("--warmup-steps", default="0", metavar="W",
+                        help="linear learning-rate warmup before the schedule: W steps, or a fraction of "
+                             "the run such as 0.05 (default 0: none; warmup_cosine: 5%%)")
+    recipe.add_argument("--clip-norm", type=float, default=None, metavar="C",
+                        help="clip the gradients to global norm C")
+    recipe.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                        help="keep an exponential moving average of the params (e.g. 0.999); evaluation, "
+                             "checkpoints' 'ema' entry and export use it")
+    recipe.add_argument("--precision", default="f32", choices=list(POLICIES),
+                        help="f32, bf16 (bfloat16 compute) or fp16 (float16 compute, dynamic loss scaling)")
+    recipe.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
+                        help="stop when --monitor has not improved for PATIENCE epochs")
+    recipe.add_argument("--monitor", default="test_loss",
+                        choices=["test_loss", "test_accuracy", "train_loss", "train_accuracy"],
+                        help="the metric of --early-stopping and --save-best (default test_loss; "
+                             "losses are minimised, accuracies maximised)")
+    recipe.add_argument("--save-best", action="store_true",
+                        help=f"keep the best epoch's checkpoint in OUT/{BEST_FILE}")
+    recipe.add_argument("--csv", action="store_true", help=f"write the history to OUT/{CSV_FILE}")
+    recipe.add_argument("--tensorboard", action="store_true",
+                        help=f"write TensorBoard event files to OUT/{TENSORBOARD_DIR}/ (needs tensorboardX)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
     scale = train.add_argument_group(
@@ -127,6 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default="runs/latest", help="the run's output directory")
     evaluate.add_argument("--data-dir", default=None, help="directory with the data set files")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    export = sub.add_parser("export", help="export a trained run's model for inference "
+                                           "(StableHLO for jax.export, or ONNX)")
+    export.add_argument("--out", default="runs/latest", help="the run's output directory; the file goes there")
+    export.add_argument("--format", default="stablehlo", choices=list(FORMATS))
+    export.add_argument("--batch", default="dynamic", help="'dynamic' (any batch size) or a fixed int")
+    export.add_argument("--platforms", default="cpu",
+                        help="StableHLO: comma list of platforms to lower for (cpu, cuda, rocm, tpu)")
+    export.add_argument("--checkpoint", default="latest", choices=["latest", "best"],
+                        help=f"the newest checkpoint, or OUT/{BEST_FILE} (--save-best)")
+    export.set_defaults(func=cmd_export)
 
     summ = sub.add_parser("summary", help="print a model's layers, shapes, parameter counts "
                                           "and multiply-adds")

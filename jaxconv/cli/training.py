@@ -1,4 +1,4 @@
-"""``jaxconv train`` and ``jaxconv evaluate``."""
+"""``jaxconv train`` and ``jaxconv evaluate`` (and the loading of a run that ``jaxconv export`` shares)."""
 
 from __future__ import annotations
 
@@ -9,20 +9,25 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 
+from jaxconv import augment, distributed, rundir, viz
 from jaxconv import checkpoint as ckpt
-from jaxconv import distributed, rundir, viz
-from jaxconv.data import Dataset, batches_per_epoch, load_dataset, parse_augment
+from jaxconv.callbacks import BestCheckpoint, CSVLogger, EarlyStopping, TensorBoard
+from jaxconv.data import Dataset, batches_per_epoch, load_dataset
 from jaxconv.losses import cross_entropy
 from jaxconv.models import get_model
 from jaxconv.recipes import make_optimizer
-from jaxconv.train import NonFiniteLossError, create_train_state, evaluate, fit, predict
+from jaxconv.train import NonFiniteLossError, TrainState, create_train_state, evaluate, fit, predict
 
 DEFAULT_AUGMENT = {"digits": "crop:1", "mnist": "crop:2", "fashion_mnist": "crop:2,flip",
                    "cifar10": "crop:4,flip"}
+# What the recipe options write into a run directory (--save-best, --csv, --tensorboard).
+BEST_FILE = "best.safetensors"
+CSV_FILE = "metrics.csv"
+TENSORBOARD_DIR = "tensorboard"
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
@@ -30,11 +35,15 @@ def write_json_atomic(path: str, obj: Any) -> None:
     ckpt.write_atomic(path, json.dumps(obj, indent=2).encode())
 
 
-def build_run(config: dict) -> tuple[Any, Any, Any]:
-    """Model, optimizer and loss of a run from its config (shared by train and evaluate)."""
-    model = get_model(config["model"], num_classes=config["num_classes"], impl=config.get("impl", "auto"))
+def build_run(config: dict, *, impl: str | None = None) -> tuple[Any, Any, Any]:
+    """Model, optimizer and loss of a run from its config (shared by train, evaluate and export).
+
+    ``impl`` overrides the config's convolution implementation (the params do not depend on it).
+    """
+    model = get_model(config["model"], num_classes=config["num_classes"], impl=impl or config.get("impl", "auto"))
     optimizer = make_optimizer(config["optimizer"], config["lr"], schedule=config["schedule"],
-                               total_steps=config["total_steps"], weight_decay=config["weight_decay"])
+                               total_steps=config["total_steps"], weight_decay=config["weight_decay"],
+                               warmup_steps=config.get("warmup_steps") or None)
     smoothing = config["label_smoothing"]
     loss_fn = functools.partial(cross_entropy, label_smoothing=smoothing) if smoothing else cross_entropy
     return model, optimizer, loss_fn
@@ -53,7 +62,34 @@ def run_config(args: argparse.Namespace, data: Dataset) -> dict:
         "steps_per_call": args.steps_per_call, "microbatches": args.microbatches,
         "total_steps": epochs * args.steps_per_call * batches_per_epoch(
             len(data.train.labels), args.batch_size, args.steps_per_call),
+        "warmup_steps": args.warmup_steps, "clip_norm": args.clip_norm or 0.0, "ema": args.ema or 0.0,
+        "precision": args.precision, "early_stopping": args.early_stopping or 0, "monitor": args.monitor,
     }
+
+
+def make_callbacks(args: argparse.Namespace, config: dict) -> list:
+    """The callbacks the options ask for: early stopping, best checkpoint, CSV, TensorBoard."""
+    mode = "max" if config["monitor"].endswith("accuracy") else "min"
+    callbacks = []
+    if config["early_stopping"]:
+        callbacks.append(EarlyStopping(config["monitor"], config["early_stopping"], mode))
+    if args.save_best:
+        callbacks.append(BestCheckpoint(os.path.join(args.out, BEST_FILE), monitor=config["monitor"], mode=mode))
+    if args.csv:
+        callbacks.append(CSVLogger(os.path.join(args.out, CSV_FILE)))
+    if args.tensorboard:
+        callbacks.append(TensorBoard(os.path.join(args.out, TENSORBOARD_DIR)))
+    return callbacks
+
+
+def recipe_summary(config: dict) -> str:
+    """``, warmup 100, clip-norm 1.0, ema 0.999, precision bf16``: the recipe options that are on."""
+    parts = [f"warmup {config['warmup_steps']}" if config["warmup_steps"] else "",
+             f"clip-norm {config['clip_norm']}" if config["clip_norm"] else "",
+             f"ema {config['ema']}" if config["ema"] else "",
+             f"precision {config['precision']}" if config["precision"] != "f32" else "",
+             f"early stopping {config['early_stopping']} on {config['monitor']}" if config["early_stopping"] else ""]
+    return "".join(f", {p}" for p in parts if p)
 
 
 def write_plots(out: str, model, params, state, history, test, num_classes: int) -> list[str]:
@@ -125,13 +161,16 @@ def _header(args: argparse.Namespace, config: dict, data: Dataset, mesh) -> str:
             f"label smoothing {args.label_smoothing}, augment {config['augment']}, seed {args.seed}, "
             f"conv impl {args.impl}, {args.steps_per_call} step(s) per call, "
             f"{args.microbatches} micro-batch(es) per step, "
-            f"backend {jax.default_backend()}, {devices} device(s), {jax.process_count()} process(es)")
+            f"backend {jax.default_backend()}, {devices} device(s), {jax.process_count()} process(es)"
+            + recipe_summary(config))
 
 
 def _write_outputs(args: argparse.Namespace, config: dict, model, state, history, data: Dataset) -> None:
     """``metrics.json`` and the plots of a finished run (process 0)."""
     final = history[-1]
     print(f"final test accuracy: {final['test_accuracy']:.4f}")
+    if len(history) < config["epochs"]:
+        print(f"stopped early after epoch {len(history)} of {config['epochs']}")
     metrics_path = os.path.join(args.out, rundir.METRICS_FILE)
     write_json_atomic(metrics_path, {
         "config": config, "history": history, "final_test_accuracy": final["test_accuracy"],
@@ -158,13 +197,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint_dir = os.path.join(args.out, rundir.CHECKPOINTS)
         if args.resume:
             check_resume_config(checkpoint_dir, config)
+        augment_fn, mix = augment.build(config["augment"], data.num_classes)
         try:
             state, history = fit(model, optimizer, data.train, test=data.test, epochs=config["epochs"],
                                  batch_size=args.batch_size, loss_fn=loss_fn, seed=args.seed,
                                  steps_per_call=args.steps_per_call, microbatches=args.microbatches,
-                                 progress=not args.no_progress, augment=parse_augment(config["augment"]),
+                                 progress=not args.no_progress, augment=augment_fn, mix=mix,
                                  checkpoint_dir=checkpoint_dir, checkpoint_every=args.checkpoint_every,
-                                 keep=args.keep, resume=args.resume, metadata={"config": config}, mesh=mesh)
+                                 keep=args.keep, resume=args.resume, metadata={"config": config}, mesh=mesh,
+                                 callbacks=make_callbacks(args, config), policy=config["precision"],
+                                 ema=config["ema"] or None, clip_norm=config["clip_norm"] or None)
         except NonFiniteLossError as e:
             print(f"jaxconv train: {e}", file=sys.stderr)
             return 1
@@ -174,23 +216,51 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    checkpoint_dir = os.path.join(args.out, rundir.CHECKPOINTS)
-    path = ckpt.latest_checkpoint(checkpoint_dir)
-    if path is None:
-        print(f"jaxconv evaluate: no checkpoint in {checkpoint_dir} (run `jaxconv train --out {args.out}`)",
-              file=sys.stderr)
-        return 1
+class LoadedRun(NamedTuple):
+    """A run's checkpoint loaded back: its path, config, model, loss and train state."""
+
+    path: str
+    config: dict
+    model: Any
+    loss_fn: Any
+    train_state: TrainState
+
+
+def load_run(out: str, *, which: str = "latest", impl: str | None = None) -> LoadedRun:
+    """Loads the newest checkpoint of the run in ``out`` (``which="best"``: its ``best.safetensors``).
+
+    Raises:
+      FileNotFoundError: no such checkpoint; ValueError: one without a run config.
+    """
+    if which == "best":
+        path = os.path.join(out, BEST_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no {BEST_FILE} in {out} (train with --save-best)")
+    else:
+        checkpoint_dir = os.path.join(out, rundir.CHECKPOINTS)
+        path = ckpt.latest_checkpoint(checkpoint_dir)
+        if path is None:
+            raise FileNotFoundError(f"no checkpoint in {checkpoint_dir} (run `jaxconv train --out {out}`)")
     config = ckpt.read_metadata(path).get("config")
     if config is None:
-        print(f"jaxconv evaluate: {path} has no run config (not written by `jaxconv train`)", file=sys.stderr)
+        raise ValueError(f"{path} has no run config (not written by `jaxconv train`)")
+    model, optimizer, loss_fn = build_run(config, impl=impl)
+    like = create_train_state(model, jax.random.PRNGKey(0), tuple(config["input_shape"]), optimizer,
+                              ema=bool(config.get("ema")), policy=config.get("precision", "f32"))
+    return LoadedRun(path, config, model, loss_fn, ckpt.load(path, like))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    try:
+        run = load_run(args.out)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"jaxconv evaluate: {e}", file=sys.stderr)
         return 1
-    model, optimizer, loss_fn = build_run(config)
-    like = create_train_state(model, jax.random.PRNGKey(0), tuple(config["input_shape"]), optimizer)
-    ts = ckpt.load(path, like)
+    config, ts = run.config, run.train_state
     data = load_dataset(config["dataset"], args.data_dir)
-    result = evaluate(model, ts.params, ts.state, data.test, loss_fn=loss_fn)
-    print(f"{path}: step {int(ts.step)}, {config['model']} on {config['dataset']}: "
+    result = evaluate(run.model, ts.eval_params, ts.state, data.test, loss_fn=run.loss_fn,
+                      policy=config.get("precision", "f32"))
+    print(f"{run.path}: step {int(ts.step)}, {config['model']} on {config['dataset']}: "
           f"test loss {result['loss']:.4f}, test accuracy {result['accuracy']:.4f} "
           f"({len(data.test.labels)} examples)")
     return 0
