@@ -12,8 +12,11 @@ every mode to 8-bit RGB (``channels=3``) or 8-bit grayscale (``channels=1``):
 
 The image's size is read from its header and checked against ``max_pixels``
 before any pixel is decoded (a small file can declare a huge image: a
-decompression bomb); Pillow's own ``Image.MAX_IMAGE_PIXELS`` check applies
-too. Any failure raises ``ImageError`` naming the file.
+decompression bomb). Pillow's own limit ``Image.MAX_IMAGE_PIXELS`` applies
+first (it warns above it and refuses above twice it); the loader's worker
+processes set it to ``max_pixels`` and make its warning an error, the main
+process's setting is left as it is. Any failure raises ``ImageError`` naming
+the file.
 
 The transforms follow torchvision's definitions on PIL images:
 ``random_resized_crop_box`` is ``RandomResizedCrop.get_params`` (area
@@ -197,7 +200,7 @@ def _oriented(img: Image.Image, orientation: int) -> Image.Image:
 
 def _describe(error: Exception) -> str:
     if isinstance(error, Image.UnidentifiedImageError):
-        return f"not a {', '.join(IMAGE_FORMATS)} image"
+        return "not a PNG, JPEG, BMP or WebP image (Pillow cannot identify it)"
     if isinstance(error, Image.DecompressionBombError):
         return f"refused as a decompression bomb ({error})"
     if isinstance(error, FileNotFoundError):

@@ -42,6 +42,7 @@ must create its iterators under ``if __name__ == "__main__":``.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Iterator, Mapping
@@ -51,6 +52,7 @@ import grain
 import jax
 import numpy as np
 from absl import flags
+from PIL import Image
 
 from jaxconv.data.folder import BadImageWarning, FolderSplit
 from jaxconv.data.images import ImageError, normalize, open_image, transform
@@ -166,6 +168,16 @@ def _allow_grain_workers() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+def init_worker(max_pixels: int, worker: int, workers: int) -> None:
+    """Runs first in each worker process: Pillow's own pixel limit becomes the loader's, its warning an error.
+
+    (Worker processes run only the loader, so its settings cannot surprise other code there.)
+    """
+    del worker, workers
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+
 def grain_batches(reader: BatchReader, first: int, stop: int, *, workers: int, prefetch: int) -> Any:
     """A Grain iterator over batch numbers ``[first, stop)`` of ``reader``.
 
@@ -178,8 +190,9 @@ def grain_batches(reader: BatchReader, first: int, stop: int, *, workers: int, p
         grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch if threads else 0))
     if workers:
         _allow_grain_workers()
-        stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                                 per_worker_buffer_size=max(prefetch, 1)))
+        stream = stream.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=max(prefetch, 1)),
+            worker_init_fn=functools.partial(init_worker, reader.split.preprocess.max_pixels))
     return iter(stream)
 
 
