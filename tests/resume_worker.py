@@ -3,7 +3,9 @@
 Prints ``saved <step>`` after every checkpoint. With ``--hang-in-write N`` the
 N-th checkpoint write of this process stops half-way through writing its
 temporary file, prints ``in-write <step>`` and sleeps, so that the parent can
-SIGKILL it in the middle of a write.
+SIGKILL it in the middle of a write. With ``--early-stopping`` it trains up to
+12 epochs under ``EarlyStopping`` and prints ``epoch <E> wait <W>`` at every
+epoch end (before that epoch's checkpoint), then ``stopped <E>`` at the end.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ def main() -> int:
     parser.add_argument("--dir", required=True)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--hang-in-write", type=int, default=0)
+    parser.add_argument("--early-stopping", action="store_true")
     args = parser.parse_args()
 
     import jaxconv as jc
     from jaxconv import checkpoint as ckpt
+    from jaxconv.callbacks import Callback, EarlyStopping
     from jaxconv.data import augmentation
     from jaxconv.recipes import make_optimizer
     from jaxconv.train import fit
@@ -54,11 +58,23 @@ def main() -> int:
     images = rng.random((256, 8, 8, 1), dtype=np.float32)
     train = (images, (images.sum(axis=(1, 2, 3)) * 7).astype(np.int32) % 10)
     model = jc.serial(jc.Conv(4, 3), jc.Relu(), jc.MaxPool(2), jc.Flatten(), jc.Dense(10))
-    epochs, batch = 3, 32
+    epochs, batch = (12 if args.early_stopping else 3), 32
     optimizer = make_optimizer("adamw", 3e-3, schedule="onecycle", total_steps=epochs * 8, weight_decay=1e-4)
-    fit(model, optimizer, train, test=None, epochs=epochs, batch_size=batch, seed=3,
-        augment=augmentation(1, flip=True), progress=False, log=None,
-        checkpoint_dir=args.dir, checkpoint_every=3, keep=2, resume=args.resume)
+    callbacks = []
+    if args.early_stopping:
+        stopper = EarlyStopping("train_loss", patience=2, min_delta=0.02)
+
+        class Report(Callback):
+            def on_epoch_end(self, epoch, record, train_state):
+                print(f"epoch {epoch} wait {stopper.wait}", flush=True)
+
+        callbacks = [stopper, Report()]
+    _, history = fit(model, optimizer, train, test=None, epochs=epochs, batch_size=batch, seed=3,
+                     augment=augmentation(1, flip=True), progress=False, log=None,
+                     checkpoint_dir=args.dir, checkpoint_every=3, keep=2, resume=args.resume,
+                     callbacks=callbacks)
+    if args.early_stopping:
+        print(f"stopped {len(history)}", flush=True)
     print("done", flush=True)
     return 0
 

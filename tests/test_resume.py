@@ -122,3 +122,29 @@ def test_sigkill_at_several_points_then_resume_is_bitwise_identical(tmp_path):
     for a, b in zip(got_meta["fit"]["history"], want_meta["fit"]["history"]):
         assert a["train_loss"] == b["train_loss"] and a["train_accuracy"] == b["train_accuracy"]
     assert not np.array_equal(got["params/conv0/kernel"], np.zeros_like(got["params/conv0/kernel"]))
+
+
+@pytest.mark.slow
+def test_early_stopping_killed_and_resumed_stops_at_the_same_epoch(tmp_path):
+    """EarlyStopping's patience counter lives in the checkpoints: a run SIGKILLed after the
+    checkpoint of an epoch that did not improve, then resumed, stops where the uninterrupted one did."""
+    ref_dir, run_dir = tmp_path / "reference", tmp_path / "killed"
+    out = run_to_end(start(ref_dir, "--early-stopping"))
+    waits = [tuple(map(int, line.split()[1::2])) for line in out.splitlines() if line.startswith("epoch ")]
+    stopped = int(next(line.split()[1] for line in out.splitlines() if line.startswith("stopped ")))
+    assert stopped < 12 and waits[-1] == (stopped, 2)  # patience 2 ran out before the last epoch
+    # The first epoch that did not improve: killed right after its checkpoint, with wait 1 saved in it.
+    epoch = next(e for e, w in waits if w == 1)
+    kill_after(start(run_dir, "--early-stopping"), f"saved {epoch * 8}")
+    meta = ckpt.read_metadata(ckpt.latest_checkpoint(str(run_dir)))
+    assert meta["fit"]["epochs_done"] == epoch and meta["fit"]["callbacks"]["EarlyStopping"]["wait"] == 1
+    resumed = run_to_end(start(run_dir, "--early-stopping", "--resume"))
+    assert f"stopped {stopped}" in resumed
+    got, want = ckpt.latest_checkpoint(str(run_dir)), ckpt.latest_checkpoint(str(ref_dir))
+    assert os.path.basename(got) == os.path.basename(want) == f"ckpt-{stopped * 8:09d}.safetensors"
+    a, b = ckpt.load_arrays(got), ckpt.load_arrays(want)
+    assert all(a[name].tobytes() == b[name].tobytes() for name in b)
+    assert ckpt.read_metadata(got)["fit"]["stopped"] is True
+    # Resuming a stopped run trains no further.
+    assert "stopped" in run_to_end(start(run_dir, "--early-stopping", "--resume"))
+    assert ckpt.latest_checkpoint(str(run_dir)) == got
