@@ -237,7 +237,8 @@ def _extreme_values(x, kind: str, plans):
 @_extreme_values.defjvp
 def _extreme_values_jvp(kind, plans, primals, tangents):
     # The tangent of the picked element: selects of strided slices, whose
-    # transpose (the gradient) is selects and pads. No scatter, no gather.
+    # transpose (the gradient) is selects and pads; no scatter (uneven
+    # adaptive bins gather, and their gradient scatter-adds).
     return jax.jvp(lambda v: _pick_pool(v, kind, plans, False)[0], primals, tangents)
 
 
