@@ -71,6 +71,8 @@ from jaxconv.layers import Upsample as Upsample
 from jaxconv.losses import accuracy as accuracy
 from jaxconv.losses import cross_entropy as cross_entropy
 from jaxconv.losses import square_loss as square_loss
+from jaxconv.structure import feature_extractor as feature_extractor
+from jaxconv.structure import intermediates as intermediates
 from jaxconv.structure import summary as summary
 from jaxconv.train import TrainState as TrainState
 from jaxconv.train import create_train_state as create_train_state
@@ -153,5 +155,7 @@ __all__ = (
     "evaluate",
     "fit",
     "make_train_step",
+    "feature_extractor",
+    "intermediates",
     "summary",
 )

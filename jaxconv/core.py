@@ -13,13 +13,17 @@ for stateless layers).
 Combinators (``serial``, ``parallel``, ``fan_out``, ``fan_in_sum``,
 ``fan_in_concat``, ``residual``) build new layers out of existing ones; the
 sub-layers' params and state are stored in dicts keyed by sub-layer name, so
-checkpoint keys read like ``params/conv0/kernel``.
+checkpoint keys read like ``params/conv0/kernel``. A combinator applies its
+sub-layers through :func:`apply_child`, which lets
+``jaxconv.structure.intermediates`` see every sub-layer's output by path.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, Union
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -51,7 +55,7 @@ class Layer(NamedTuple):
     children: tuple = ()
 
 
-NamedLayer = Union[Layer, tuple[str, Layer]]
+NamedLayer = Layer | tuple[str, Layer]
 
 
 # --------------------------------------------------------------------------
@@ -149,6 +153,60 @@ def _init_children(key, named, shapes):
 
 
 # --------------------------------------------------------------------------
+# Applying sub-layers, and recording their outputs.
+
+
+class _Recording:
+    """Outputs of the sub-layers applied so far, keyed by path; the path being applied."""
+
+    def __init__(self) -> None:
+        self.outputs: dict[str, Any] = {}
+        self.prefix = ""
+
+
+_RECORDING: contextvars.ContextVar[_Recording | None] = contextvars.ContextVar(
+    "jaxconv_recording", default=None)
+
+
+def apply_child(name: str, layer: Layer, params: PyTree, state: PyTree, x: Any, *,
+                key: Any = None, train: bool = False) -> tuple[Any, PyTree]:
+    """``layer.apply(params, state, x, key=key, train=train)`` for the sub-layer ``name``.
+
+    Combinators apply their sub-layers through it. It is exactly ``layer.apply``,
+    except inside :func:`recording`, where it also records the sub-layer's
+    output under its path (``"layer1/0/conv1"``: the names from the outermost
+    combinator down). Nothing is stored anywhere else: the outputs belong to
+    the trace that computes them, so recording works under ``jit``.
+    """
+    recording = _RECORDING.get()
+    if recording is None:
+        return layer.apply(params, state, x, key=key, train=train)
+    outer = recording.prefix
+    recording.prefix = f"{outer}{name}/"
+    try:
+        y, new_state = layer.apply(params, state, x, key=key, train=train)
+    finally:
+        recording.prefix = outer
+    recording.outputs[outer + name] = y
+    return y, new_state
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[dict[str, Any]]:
+    """Within the block, :func:`apply_child` records every sub-layer's output.
+
+    Yields the ``{path: output}`` dict it fills, in the order the outputs are
+    computed (a sub-layer's own sub-layers before it).
+    """
+    active = _Recording()
+    token = _RECORDING.set(active)
+    try:
+        yield active.outputs
+    finally:
+        _RECORDING.reset(token)
+
+
+# --------------------------------------------------------------------------
 # Combinators.
 
 
@@ -177,7 +235,8 @@ def serial(*layers: NamedLayer) -> Layer:
         keys = split_key(key, len(named))
         new_state = {}
         for (name, layer), k in zip(named, keys):
-            x, new_state[name] = layer.apply(params[name], state[name], x, key=k, train=train)
+            x, new_state[name] = apply_child(name, layer, params[name], state[name], x, key=k,
+                                             train=train)
         return x, new_state
 
     return Layer(init, apply, "serial", tuple(named))
@@ -202,7 +261,8 @@ def parallel(*layers: NamedLayer) -> Layer:
         keys = split_key(key, len(named))
         ys, new_state = [], {}
         for (name, layer), k, x in zip(named, keys, xs):
-            y, new_state[name] = layer.apply(params[name], state[name], x, key=k, train=train)
+            y, new_state[name] = apply_child(name, layer, params[name], state[name], x, key=k,
+                                             train=train)
             ys.append(y)
         return tuple(ys), new_state
 
@@ -281,45 +341,60 @@ def fan_in_concat(axis: int = -1) -> Layer:
     return Layer(init, apply, "fan_in_concat")
 
 
-def residual(*layers: NamedLayer, shortcut: Layer | None = None) -> Layer:
-    """``y = body(x) + shortcut(x)``, with ``body = serial(*layers)``.
+def residual(*layers: NamedLayer, shortcut: NamedLayer | None = None,
+             activation: Layer | None = None) -> Layer:
+    """``y = activation(body(x) + shortcut(x))``, with ``body = serial(*layers)``.
 
     Args:
       *layers: the residual branch, composed with ``serial``.
-      shortcut: optional projection for the skip path (e.g. a 1x1 ``Conv``);
-        identity when omitted.
+      shortcut: optional projection for the skip path (e.g. a 1x1 ``Conv``),
+        or a ``(name, layer)`` pair to store it under another name than
+        ``"shortcut"`` (a ported network's ``"downsample"``, say); identity
+        when omitted.
+      activation: optional layer applied to the sum (a ResNet block's final
+        ReLU), stored as ``"activation"``.
 
-    Params and state are ``{"body": ..., "shortcut": ...}``.
+    Params and state are ``{"body": ..., "shortcut": ..., "activation": ...}``
+    (the last two only when given).
     """
     body = serial(*layers)
+    children = [("body", body)]
+    if shortcut is not None:
+        children += _name_layers([("shortcut", shortcut) if isinstance(shortcut, Layer) else shortcut],
+                                 "residual shortcut")
+        if children[1][0] in ("body", "activation"):
+            raise ValueError(f"residual: the shortcut cannot be named {children[1][0]!r} "
+                             "(the name of another part of the block)")
+    tail = [] if activation is None else _name_layers([("activation", activation)], "residual activation")
 
     def init(key, input_shape):
-        k1, k2 = split_key(key, 2)
-        out, p_body, s_body = body.init(k1, input_shape)
-        params, state = {"body": p_body}, {"body": s_body}
-        skip = tuple(input_shape)
-        if shortcut is not None:
-            skip, params["shortcut"], state["shortcut"] = shortcut.init(k2, input_shape)
-        if tuple(out)[1:] != skip[1:]:
+        params, state, shapes = {}, {}, []
+        for (name, child), k in zip(children, split_key(key, 2)):
+            out, params[name], state[name] = child.init(k, input_shape)
+            shapes.append(tuple(out))
+        skip = shapes[1] if len(shapes) > 1 else tuple(input_shape)
+        if shapes[0][1:] != skip[1:]:
             raise ValueError(
-                f"residual: the body's output shape {tuple(out)} does not match the shortcut's "
+                f"residual: the body's output shape {shapes[0]} does not match the shortcut's "
                 f"{skip}; give a shortcut layer that projects the input"
             )
-        return tuple(out), params, state
+        out = shapes[0]
+        for name, child in tail:
+            out, params[name], state[name] = child.init(None, out)
+        return out, params, state
 
     def apply(params, state, x, *, key=None, train=False):
-        k1, k2 = split_key(key, 2)
-        y, s_body = body.apply(params["body"], state["body"], x, key=k1, train=train)
-        new_state = {"body": s_body}
-        if shortcut is not None:
-            skip, new_state["shortcut"] = shortcut.apply(
-                params["shortcut"], state["shortcut"], x, key=k2, train=train)
-        else:
-            skip = x
-        return y + skip, new_state
+        outs, new_state = [], {}
+        for (name, child), k in zip(children, split_key(key, 2)):
+            y, new_state[name] = apply_child(name, child, params[name], state[name], x, key=k,
+                                             train=train)
+            outs.append(y)
+        y = outs[0] + (outs[1] if len(outs) > 1 else x)
+        for name, child in tail:
+            y, new_state[name] = apply_child(name, child, params[name], state[name], y, train=train)
+        return y, new_state
 
-    children = (("body", body),) + ((("shortcut", shortcut),) if shortcut is not None else ())
-    return Layer(init, apply, "residual", children)
+    return Layer(init, apply, "residual", tuple(children + tail))
 
 
 def count_params(params: PyTree) -> int:

@@ -1,4 +1,4 @@
-"""Model summaries: per-layer output shapes, parameter and state sizes, and multiply-adds.
+"""Looking inside a network: per-layer shapes, sizes and multiply-adds, and every layer's output.
 
 ``summary(model, input_shape)`` walks a network through ``Layer.children``
 (``serial``, ``residual`` and ``parallel`` are opened up; any other layer is a
@@ -6,18 +6,25 @@ row of its own) without running it: shapes and parameter shapes come from
 each layer's ``init`` under ``jax.eval_shape``, and multiply-adds are counted
 exactly from the ``conv_general_dilated`` and ``dot_general`` equations of
 each layer's ``apply`` jaxpr (inference mode, one example).
+
+``intermediates(model, params, state, x)`` runs a network once and returns the
+output of every sub-layer keyed by its path (``"layer3/1/conv2"``), and
+``feature_extractor(model, paths)`` is a ``Layer`` whose output is that dict
+for chosen paths (a backbone's feature maps, say). Both see the sub-layers
+that combinators apply through ``jaxconv.core.apply_child`` (``serial``,
+``parallel``, ``residual`` and the library's blocks).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxconv.core import Layer, normalize_shape
+from jaxconv.core import Layer, PyTree, normalize_shape, recording
 
 
 class LayerInfo(NamedTuple):
@@ -66,6 +73,8 @@ def _walk(model: Layer, input_shape: Any, prefix: str, out: list) -> Any:
             shape = _walk(child, shape, path, out)
         elif kind == "parallel":
             outs.append(_walk(child, input_shape[i], path, out))
+        elif name == "activation":  # residual: its activation sees the sum (the body's shape)
+            outs[0] = _walk(child, outs[0], path, out)
         else:  # residual: body and shortcut both see the input; the body's shape is the output
             outs.append(_walk(child, input_shape, path, out))
     if kind == "parallel":
@@ -221,3 +230,112 @@ def summary(model: Layer, input_shape: Any) -> ModelSummary:
     out, params, state = init_shapes(model, input_shape)
     return ModelSummary(rows, input_shape, out, _size(params), _size(state),
                         sum(r.macs for r in rows))
+
+
+# --------------------------------------------------------------------------
+# Every layer's output: intermediates and feature_extractor.
+
+
+def _recorded(model: Layer, params: PyTree, state: PyTree, x: Any, *, key: Any,
+              train: bool) -> tuple[dict[str, Any], PyTree]:
+    """``({path: output}, new_state)`` of one ``model.apply``."""
+    with recording() as outputs:
+        _, new_state = model.apply(params, state, x, key=key, train=train)
+    return dict(outputs), new_state
+
+
+def _check_paths(paths: Any, context: str) -> tuple[str, ...] | None:
+    if paths is None:
+        return None
+    paths = (paths,) if isinstance(paths, str) else tuple(paths)
+    if not paths or not all(isinstance(p, str) for p in paths):
+        raise ValueError(f"{context}: paths must be a non-empty sequence of layer paths "
+                         f"such as 'layer1/0/conv1', got {paths!r}")
+    return paths
+
+
+def _select(outputs: dict[str, Any], paths: tuple[str, ...] | None, context: str) -> dict[str, Any]:
+    if paths is None:
+        return outputs
+    unknown = [p for p in paths if p not in outputs]
+    if unknown:
+        raise ValueError(f"{context}: unknown layer path(s) {unknown}; the model's paths are: "
+                         f"{', '.join(outputs) or '(none: the model has no sub-layers)'}")
+    return {p: outputs[p] for p in paths}
+
+
+def intermediates(model: Layer, params: PyTree, state: PyTree, x: Any, *,
+                  paths: Iterable[str] | str | None = None, train: bool = False,
+                  key: Any = None) -> dict[str, Any]:
+    """The output of every sub-layer of ``model`` for input ``x``, keyed by path.
+
+    One pure call of ``model.apply`` (it works under ``jit``, ``grad`` and
+    ``vmap``). A path joins the names of the combinators' sub-layers from the
+    outside in, as the params are keyed: ``"layer1/0/conv1"``; combinators
+    have an entry of their own (``"layer1"``, ``"layer1/0"``), recorded after
+    their sub-layers.
+
+    Args:
+      model, params, state: the network and its variables.
+      x: the input, ``(N, *spatial, C)``.
+      paths: only these paths (in this order); ``None`` for all of them.
+      train, key: as for ``model.apply``.
+
+    Returns:
+      ``{path: output}``, in the order the outputs are computed, or in the
+      order of ``paths`` (a dict returned through ``jit`` comes back with its
+      keys sorted, as JAX flattens dicts).
+
+    Raises:
+      ValueError: a path the model does not have; the message lists the valid ones.
+    """
+    paths = _check_paths(paths, "intermediates")
+    outputs, _ = _recorded(model, params, state, x, key=key, train=train)
+    return _select(outputs, paths, "intermediates")
+
+
+def _abstract_input(input_shape: Any) -> Any:
+    """A float32 ``jax.ShapeDtypeStruct`` per array of ``input_shape`` (an unknown batch taken as 1)."""
+    if input_shape and all(isinstance(d, int) for d in input_shape):
+        shape = tuple(input_shape)
+        return jax.ShapeDtypeStruct((1 if shape[0] == -1 else shape[0],) + shape[1:], jnp.float32)
+    return tuple(_abstract_input(s) for s in input_shape)
+
+
+def _shape_of(value: Any, batch: int) -> Any:
+    if isinstance(value, (tuple, list)):
+        return tuple(_shape_of(v, batch) for v in value)
+    return (batch,) + tuple(value.shape[1:])
+
+
+def feature_extractor(model: Layer, paths: Iterable[str] | str) -> Layer:
+    """A ``Layer`` with ``model``'s params and state whose output is ``{path: output}``.
+
+    ``init`` declares each path's output shape without computing anything (the
+    model runs under ``jax.eval_shape``), and fails on a path the model does
+    not have, listing the valid ones. ``apply`` returns the dict and the
+    model's new state. Its params are ``model``'s, so a trained backbone's
+    params load as they are.
+    """
+    paths = _check_paths(paths, "feature_extractor")
+
+    def init(key, input_shape):
+        out, params, state = model.init(key, input_shape)
+        batch = normalize_shape(_first_shape(input_shape), "feature_extractor")[0]
+        outputs = jax.eval_shape(lambda p, s, x: _recorded(model, p, s, x, key=None, train=False)[0],
+                                 params, state, _abstract_input(input_shape))
+        chosen = _select(outputs, paths, "feature_extractor")
+        return {p: _shape_of(v, batch) for p, v in chosen.items()}, params, state
+
+    def apply(params, state, x, *, key=None, train=False):
+        outputs, new_state = _recorded(model, params, state, x, key=key, train=train)
+        return _select(outputs, paths, "feature_extractor"), new_state
+
+    return Layer(init, apply, "feature_extractor")
+
+
+def _first_shape(input_shape: Any) -> Any:
+    """The first array shape of a (possibly nested) input shape."""
+    while input_shape and not isinstance(input_shape[0], int):
+        input_shape = input_shape[0]
+    return input_shape

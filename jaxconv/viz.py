@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from jaxconv.core import Layer, PyTree
+from jaxconv.structure import intermediates
 
 
 def _pyplot():
@@ -132,21 +133,19 @@ def plot_filters(kernel: Any, path: str, *, title: str = "first convolution filt
 
 
 def first_block_output(model: Layer, params: PyTree, state: PyTree, image: Any) -> Any:
-    """Output of the first convolution and the layer after it (its activation) for one image.
+    """Output of the first convolution's block for one image: ``(H', W', C)``.
 
-    Requires a ``serial`` model whose first convolution is a direct child.
-    Returns ``(H', W', C)``.
+    The block is the first convolution and the layer applied after it in the
+    same combinator (its activation, say), or the convolution alone when it is
+    its combinator's last layer; the outputs come from
+    ``jaxconv.structure.intermediates``.
     """
-    x = np.asarray(image)[None]
-    take_next = False
-    for name, child in model.children:
-        x, _ = child.apply(params[name], state[name], x)
-        if take_next:
-            return np.asarray(x[0])
-        take_next = child.kind == "conv"
-    if take_next:
-        return np.asarray(x[0])
-    raise ValueError("first_block_output: the model has no top-level convolution layer")
+    conv_path = "/".join(first_conv(model, params)[0])
+    outputs = intermediates(model, params, state, np.asarray(image)[None])
+    parent = conv_path.rpartition("/")[0]
+    paths = list(outputs)
+    after = [p for p in paths[paths.index(conv_path) + 1:] if p.rpartition("/")[0] == parent]
+    return np.asarray(outputs[after[0] if after else conv_path][0])
 
 
 def plot_feature_maps(model: Layer, params: PyTree, state: PyTree, image: Any, path: str,

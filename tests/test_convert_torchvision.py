@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from jaxconv import count_params, zoo
+from jaxconv import count_params, models
 from jaxconv.convert import load_torch_state_dict
-from jaxconv.zoo.convnext import convnext_tiny
-from jaxconv.zoo.efficientnet import efficientnet_b0
-from jaxconv.zoo.mobilenet import mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small
+from jaxconv.models.convnext import convnext_tiny
+from jaxconv.models.efficientnet import efficientnet_b0
+from jaxconv.models.mobilenet import mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small
 from tests.torch_ref import import_torch
 from tests.torchvision_ref import import_torchvision, randomize_batch_norms
 
@@ -32,9 +32,6 @@ MINE = {"mobilenet_v2": mobilenet_v2, "mobilenet_v3_small": mobilenet_v3_small,
         "convnext_tiny": convnext_tiny}
 OTHERS = ["resnet18", "resnet34", "resnet50", "resnet101", "wide_resnet50_2", "resnext50_32x4d",
           "vgg11", "vgg11_bn", "vgg16", "vgg16_bn"]
-#: Models whose every layer pairs by name (the ResNets' blocks pair in order: their paths
-#: hold ``res/body`` and ``res/shortcut`` where torchvision has nothing and ``downsample``).
-NAME_PAIRED = set(MINE) | {"vgg11", "vgg11_bn", "vgg16", "vgg16_bn"}
 #: Over 60 million parameters: a few seconds and a few GB each.
 HEAVY = {"wide_resnet50_2", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn"}
 NUM_CLASSES = 10
@@ -42,7 +39,7 @@ INPUT_SHAPE = (-1, 64, 64, 3)
 
 
 def build(name):
-    return MINE[name](NUM_CLASSES) if name in MINE else getattr(zoo, name)(NUM_CLASSES)
+    return MINE[name](NUM_CLASSES) if name in MINE else getattr(models, name)(NUM_CLASSES)
 
 
 def randomize_parameters(module, seed=0):
@@ -105,24 +102,18 @@ def test_every_tensor_fills_one_leaf_and_every_leaf_comes_from_one_tensor(loaded
     assert count_params(params) + count_params(state) == sizes
 
 
-def test_loading_does_not_depend_on_the_state_dict_order_or_fails_clearly(loaded):
-    """Name-paired models load a reversed state_dict the same; the others may refuse it
-    (their blocks pair in order), but never load it differently."""
+def test_loading_does_not_depend_on_the_state_dict_order(loaded):
+    """Every zoo model pairs all its layers by name: a reversed state_dict loads the same."""
     name, state_dict, want = loaded
     reverse = dict(reversed(list(state_dict.items())))
-    try:
-        got = load_torch_state_dict(build(name), INPUT_SHAPE, reverse)
-    except ValueError as e:
-        assert name not in NAME_PAIRED, str(e)
-    else:
-        assert_same(got, want)
+    assert_same(load_torch_state_dict(build(name), INPUT_SHAPE, reverse), want)
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v3_small", "resnet18",
                                   pytest.param("convnext_tiny", marks=pytest.mark.slow)])
 def test_safetensors_and_pt_files_load_like_the_state_dict(name, tmp_path):
-    """A ``.pt`` file keeps the modules' order, a ``.safetensors`` file sorts them by name: a
-    model that needs the order is refused with a clear error, never loaded wrongly."""
+    """A ``.pt`` file keeps the modules' order, a ``.safetensors`` file sorts them by name:
+    every zoo model pairs by name, so both load as the state_dict does."""
     torch = import_torch()
     torch_model = randomize_parameters(
         getattr(import_torchvision().models, name)(weights=None, num_classes=NUM_CLASSES))
@@ -132,9 +123,4 @@ def test_safetensors_and_pt_files_load_like_the_state_dict(name, tmp_path):
     safetensors.numpy.save_file({k: v.numpy() for k, v in state_dict.items()},
                                 str(tmp_path / "weights.safetensors"))
     assert_same(load_torch_state_dict(build(name), INPUT_SHAPE, tmp_path / "weights.pt"), want)
-    try:
-        got = load_torch_state_dict(build(name), INPUT_SHAPE, tmp_path / "weights.safetensors")
-    except ValueError as e:
-        assert name not in NAME_PAIRED and "does not keep the modules' order" in str(e), str(e)
-    else:
-        assert_same(got, want)
+    assert_same(load_torch_state_dict(build(name), INPUT_SHAPE, tmp_path / "weights.safetensors"), want)

@@ -122,3 +122,24 @@ def test_lax_scan_over_layer():
 
     carry, sums = jax.lax.scan(body, jnp.zeros((2, 4)), xs)
     assert carry.shape == (2, 4) and sums.shape == (3,)
+
+
+def test_residual_shortcut_can_be_named():
+    block = jc.residual(jc.Conv(6, 3), shortcut=("downsample", jc.Conv(6, 1)))
+    out, params, _ = block.init(jax.random.PRNGKey(0), (-1, 5, 5, 2))
+    assert out == (-1, 5, 5, 6) and set(params) == {"body", "downsample"}
+    with pytest.raises(ValueError, match="cannot be named 'body'"):
+        jc.residual(jc.Conv(6, 3), shortcut=("body", jc.Conv(6, 1)))
+    with pytest.raises(TypeError, match="residual shortcut: argument 0 must be a Layer"):
+        jc.residual(jc.Conv(6, 3), shortcut=("downsample", "conv"))
+
+
+def test_residual_activation_applies_to_the_sum():
+    block = jc.residual(jc.Dense(3), shortcut=("downsample", jc.Dense(3)), activation=jc.Relu())
+    params, state, x, y = check_layer_contract(block, (4, 5))
+    assert set(params) == {"body", "downsample", "activation"}
+    body, _ = block.children[0][1].apply(params["body"], state["body"], x)
+    skip, _ = block.children[1][1].apply(params["downsample"], state["downsample"], x)
+    np.testing.assert_allclose(y, np.maximum(body + skip, 0), rtol=1e-6)
+    with pytest.raises(ValueError, match="cannot be named 'activation'"):
+        jc.residual(jc.Dense(3), shortcut=("activation", jc.Dense(3)))

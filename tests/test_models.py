@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import jaxconv as jc
-from jaxconv.models import INPUT_SHAPES, MODELS, get_model, resnet9, intro_cnn
+from jaxconv.models import INPUT_SHAPES, get_model, intro_cnn, resnet9
 
 
 def conv(h, w, cin, cout, k, bias=True):
@@ -103,7 +103,7 @@ def test_resnet9_shapes_train_step_and_batchnorm_state():
     assert set(ts.state["layer1"]["res"]["body"]["block0"]["bn"]) == {"mean", "var"}
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(HAND))  # the zoo: tests/test_zoo_*.py
 def test_summary_totals_equal_hand_count(name):
     model = get_model(name, impl="lax")
     s = jc.summary(model, (-1, *INPUT_SHAPES[name]))

@@ -1,4 +1,4 @@
-"""ConvNeXt-Tiny of jaxconv.zoo against torchvision's: weights load without a mapping, same outputs.
+"""ConvNeXt-Tiny of jaxconv.models against torchvision's: weights load without a mapping, same outputs.
 
 As tests/test_zoo_mobilenet.py, with what ConvNeXt has instead of BatchNorm
 drawn at random: LayerNorm scales and biases, every bias, and the layer
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxconv.zoo.convnext import convnext_tiny
+from jaxconv.models.convnext import convnext_tiny
 from tests.test_convert_torchvision import randomize_parameters
 from tests.test_zoo_mobilenet import assert_computes_in, child, drop_path_scale
 from tests.torchvision_ref import ZooCheck, import_torchvision, init_param_count, torchvision_param_count

@@ -1,4 +1,4 @@
-"""EfficientNet-B0 of jaxconv.zoo against torchvision's: weights load without a mapping, same outputs.
+"""EfficientNet-B0 of jaxconv.models against torchvision's: weights load without a mapping, same outputs.
 
 As tests/test_zoo_mobilenet.py: random weights, BatchNorm parameters and
 statistics and biases; float32 inference logits (matmul precision "highest")
@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import pytest
 
-from jaxconv.zoo.efficientnet import efficientnet_b0
+from jaxconv.models.efficientnet import efficientnet_b0
 from tests.test_convert_torchvision import randomize_parameters
 from tests.test_zoo_mobilenet import assert_computes_in, child, drop_path_scale
 from tests.torchvision_ref import ZooCheck, import_torchvision, init_param_count, torchvision_param_count

@@ -1,4 +1,4 @@
-"""MobileNets of jaxconv.zoo against torchvision's: weights load without a mapping, same outputs.
+"""MobileNets of jaxconv.models against torchvision's: weights load without a mapping, same outputs.
 
 torchvision's models have random weights (``weights=None``) and random
 values for everything torchvision initialises to a constant (BatchNorm
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxconv.zoo.mobilenet import make_divisible, mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small
+from jaxconv.models.mobilenet import make_divisible, mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small
 from tests.test_convert_torchvision import randomize_parameters
 from tests.torchvision_ref import ZooCheck, import_torchvision, init_param_count, numpy_init, torchvision_param_count
 

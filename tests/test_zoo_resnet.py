@@ -1,4 +1,4 @@
-"""ResNets of jaxconv.zoo against torchvision's: weights load without a mapping, same outputs.
+"""ResNets of jaxconv.models against torchvision's: weights load without a mapping, same outputs.
 
 Every model has torchvision's random initialisation and random BatchNorm
 parameters and statistics. Inference logits, in float32 (matmul precision
@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxconv import zoo
-from jaxconv.zoo.resnet import resnet
+from jaxconv import models as zoo
+from jaxconv.models.resnet import resnet
 from tests.torchvision_ref import (
     init_param_count,
     numpy_init,

@@ -1,4 +1,4 @@
-"""jaxconv.zoo.unet against a PyTorch U-Net written here (torchvision has none).
+"""jaxconv.models.unet against a PyTorch U-Net written here (torchvision has none).
 
 The reference is the textbook U-Net in ``torch.nn`` (double 3x3 conv-BN-ReLU
 blocks, 2x2 max pools, ``ConvTranspose2d(2, stride=2)`` or nearest
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxconv import zoo
+from jaxconv import models as zoo
 from tests.torch_ref import import_torch
 from tests.torchvision_ref import ZooCheck, numpy_init, random_images, randomize_batch_norms, relative_error
 

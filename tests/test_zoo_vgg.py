@@ -1,4 +1,4 @@
-"""VGGs of jaxconv.zoo against torchvision's: weights load without a mapping, same outputs.
+"""VGGs of jaxconv.models against torchvision's: weights load without a mapping, same outputs.
 
 As tests/test_zoo_resnet.py: torchvision's random initialisation with random
 BatchNorm parameters and statistics; float32 inference logits at two sizes
@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxconv import zoo
-from jaxconv.zoo.vgg import vgg
+from jaxconv import models as zoo
+from jaxconv.models.vgg import vgg
 from tests.torchvision_ref import init_param_count, torchvision_check, torchvision_param_count
 
 NUM_CLASSES = 10

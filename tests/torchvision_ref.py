@@ -25,7 +25,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxconv import count_params, zoo
+from jaxconv import count_params, models
 from jaxconv.convert import load_torch_state_dict
 from tests.torch_ref import import_torch
 
@@ -192,9 +192,9 @@ class ZooCheck:
 
 def torchvision_check(name, input_shape, num_classes=10):
     """``ZooCheck`` of torchvision's ``name`` (random weights and BatchNorm statistics) against
-    ``jaxconv.zoo``'s ``name`` with ``impl="lax"``."""
+    ``jaxconv.models``'s ``name`` with ``impl="lax"``."""
     torch_model = getattr(import_torchvision().models, name)(weights=None,
                                                              num_classes=num_classes)
     randomize_batch_norms(torch_model, seed=1)
-    model = getattr(zoo, name)(num_classes, impl="lax")
+    model = getattr(models, name)(num_classes, impl="lax")
     return ZooCheck(torch_model, model, input_shape, name=name)

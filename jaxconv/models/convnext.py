@@ -39,7 +39,7 @@ import jax
 from jaxconv import validate
 from jaxconv.core import Layer, serial
 from jaxconv.layers import Conv, Dense, DropPath, Flatten, Gelu, GlobalAvgPool, LayerNorm, LayerScale
-from jaxconv.zoo.mobilenet import numbered, residual_block
+from jaxconv.models.mobilenet import numbered, residual_block
 
 _INIT = jax.nn.initializers.normal(0.02)
 

@@ -34,7 +34,7 @@ import jax
 from jaxconv import validate
 from jaxconv.core import Layer, serial
 from jaxconv.layers import BatchNorm, Dense, Dropout, DropPath, GlobalAvgPool, Silu, SqueezeExcite
-from jaxconv.zoo.mobilenet import conv_norm_activation, make_divisible, numbered, residual_block
+from jaxconv.models.mobilenet import conv_norm_activation, make_divisible, numbered, residual_block
 
 #: ``uniform_(-1 / sqrt(fan_out), 1 / sqrt(fan_out))``, torchvision's EfficientNet Linear init.
 _LINEAR_INIT = jax.nn.initializers.variance_scaling(1 / 3, "fan_out", "uniform")

@@ -7,22 +7,22 @@ BatchNorm has PyTorch's semantics (``momentum=0.1``, ``epsilon=1e-5``), and the
 padding is explicit, as in PyTorch, so the models compute what torchvision's do
 at any input size (channels-last here).
 
-Parameter paths follow torchvision's module names; ``jaxconv.core.residual``
-adds ``res/body`` and ``res/shortcut`` to the paths of a block::
+Parameter paths follow torchvision's module names; a block is a
+``jaxconv.core.residual`` whose branch is its ``body``, its projection
+``downsample`` and its final ReLU ``activation``::
 
     torchvision                     jaxconv
     conv1.weight                    conv1/kernel
     bn1.running_mean                bn1/mean  (in state)
-    layer2.0.conv1.weight           layer2/0/res/body/conv1/kernel
-    layer2.0.downsample.0.weight    layer2/0/res/shortcut/0/kernel
-    layer2.0.downsample.1.weight    layer2/0/res/shortcut/1/scale
+    layer2.0.conv1.weight           layer2/0/body/conv1/kernel
+    layer2.0.downsample.0.weight    layer2/0/downsample/0/kernel
+    layer2.0.downsample.1.weight    layer2/0/downsample/1/scale
     fc.weight                       fc/kernel
 
-Modules come in torchvision's order, so
-``jaxconv.convert.load_torch_state_dict(model, input_shape, state_dict)``
-loads a torchvision ``state_dict`` (a dict, ``.pt`` or ``.pth`` file) without a
-mapping: the stem and ``fc`` pair by name, the blocks in order (so a
-``.safetensors`` file, which does not keep the order, needs a mapping). Initialisation is
+so ``jaxconv.convert.load_torch_state_dict(model, input_shape, state_dict)``
+pairs every layer with its torchvision module by name (a residual's ``body``
+key is looked through), from a dict, a ``.pt``/``.pth`` or a ``.safetensors``
+file, without a mapping. Initialisation is
 torchvision's for the convolutions (normal, variance ``2 / fan_out``) and
 BatchNorms (scale 1, bias 0); ``fc`` draws its kernel like ``nn.Linear``
 (uniform, variance ``1 / (3 fan_in)``) and starts with a zero bias.
@@ -56,8 +56,9 @@ def _conv(features: int, kernel_size: int, *, stride: int = 1, groups: int = 1,
 
 
 def _block(body: list, shortcut: Layer | None) -> Layer:
-    """``relu(body(x) + shortcut(x))``; the body's layers are ``(name, layer)`` pairs."""
-    return serial(("res", residual(*body, shortcut=shortcut)), ("relu", Relu()))
+    """``relu(body(x) + downsample(x))``; the body's layers are ``(name, layer)`` pairs."""
+    return residual(*body, shortcut=None if shortcut is None else ("downsample", shortcut),
+                    activation=Relu())
 
 
 def basic_block(planes: int, stride: int, shortcut: Layer | None, *, impl: str = "auto",
