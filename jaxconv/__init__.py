@@ -52,6 +52,7 @@ from jaxconv.layers import LayerScale as LayerScale
 from jaxconv.layers import LeakyRelu as LeakyRelu
 from jaxconv.layers import LogSoftmax as LogSoftmax
 from jaxconv.layers import MaxPool as MaxPool
+from jaxconv.layers import MaxUnpool as MaxUnpool
 from jaxconv.layers import MinPool as MinPool
 from jaxconv.layers import Mish as Mish
 from jaxconv.layers import PRelu as PRelu
@@ -128,6 +129,7 @@ __all__ = (
     "LeakyRelu",
     "LogSoftmax",
     "MaxPool",
+    "MaxUnpool",
     "MinPool",
     "Mish",
     "PRelu",

@@ -52,6 +52,7 @@ CASES = {
     "LogSoftmax": lambda: (jc.LogSoftmax(), FEATURES),
     "MaxPool": lambda: (jc.MaxPool(2, stride=1), IMAGE),
     "MinPool": lambda: (jc.MinPool(2), IMAGE),
+    "MaxUnpool": lambda: (jc.serial(jc.MaxPool(2, return_indices=True), jc.MaxUnpool(2)), IMAGE),
     "Mish": lambda: (jc.Mish(), FEATURES),
     "PRelu": lambda: (jc.PRelu(IMAGE[-1]), IMAGE),
     "PixelShuffle": lambda: (jc.PixelShuffle(2), IMAGE),

@@ -8,7 +8,7 @@ from jaxconv.layers.dense import Dense
 from jaxconv.layers.dropout import DropPath, Dropout
 from jaxconv.layers.norm import BatchNorm, GroupNorm, LayerNorm
 from jaxconv.layers.pool import (AdaptiveAvgPool, AdaptiveMaxPool, AvgPool, GlobalAvgPool,
-                                 GlobalMaxPool, MaxPool, MinPool)
+                                 GlobalMaxPool, MaxPool, MaxUnpool, MinPool)
 from jaxconv.layers.reshape import Flatten, Identity, Lambda, Reshape
 from jaxconv.layers.upsample import PixelShuffle, PixelUnshuffle, Upsample
 
@@ -18,5 +18,5 @@ __all__ = [
     "MinPool", "GlobalAvgPool", "GlobalMaxPool", "AdaptiveAvgPool", "AdaptiveMaxPool",
     "BatchNorm", "LayerNorm", "GroupNorm", "Dropout", "Upsample", "PixelShuffle", "PixelUnshuffle",
     "Relu6", "Hardswish", "Hardsigmoid", "Silu", "Mish", "Softplus", "PRelu", "DropPath",
-    "SeparableConv", "SqueezeExcite", "LayerScale",
+    "SeparableConv", "SqueezeExcite", "LayerScale", "MaxUnpool",
 ]
