@@ -142,14 +142,21 @@ class Checkpointer:
                 if log is not None:
                     log(f"skipping {e}")
                 continue
+            except ckpt.CheckpointError:  # another tree: say so if the run's settings explain it
+                self._check_fields(path, ckpt.read_metadata(path).get("fit", {}))
+                raise
             info = meta.get("fit", {})
-            for name in RESUME_FIELDS:
-                if name in info and info[name] != getattr(self.plan, name):
-                    raise ValueError(f"fit: cannot resume from {path}: it was written with {name}="
-                                     f"{info[name]!r}, this run has {name}={getattr(self.plan, name)!r}")
+            self._check_fields(path, info)
             self.last = path
             return loaded, info
         return None
+
+    def _check_fields(self, path: str, info: dict) -> None:
+        """Raises unless a checkpoint's ``metadata["fit"]`` has this run's ``RESUME_FIELDS``."""
+        for name in RESUME_FIELDS:
+            if name in info and info[name] != getattr(self.plan, name):
+                raise ValueError(f"fit: cannot resume from {path}: it was written with {name}="
+                                 f"{info[name]!r}, this run has {name}={getattr(self.plan, name)!r}")
 
     def due(self, step: int) -> bool:
         """Whether the call that reached ``step`` crossed a multiple of ``every`` (mid-epoch checkpoints)."""
