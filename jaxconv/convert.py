@@ -39,6 +39,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from jaxconv.checkpoint import named_leaves
 from jaxconv.core import Layer
 from jaxconv.structure import init_shapes, walk
 
@@ -486,3 +487,31 @@ def load_torch_state_dict(model: Layer, input_shape: Sequence[int],
         if new_s:
             _set(state, leaf.path, new_s)
     return params, state
+
+
+def transfer(source: Any, target: Any) -> tuple[Any, list[str]]:
+    """``target`` with every leaf that ``source`` has at the same path and shape taken from it.
+
+    The way to start a model from another one's weights when its head differs
+    (a pretrained backbone with a new classifier): the leaves whose path or
+    shape differ keep ``target``'s values (its fresh initialisation).
+
+    Args:
+      source: a params (or state) pytree of nested dicts, e.g. converted weights.
+      target: the pytree to fill, e.g. ``model.init(...)``'s params.
+
+    Returns:
+      ``(tree, kept)``: the filled tree (dtypes of ``target``) and the
+      ``"/"``-joined paths of the leaves that kept ``target``'s values.
+    """
+    from_source = dict(named_leaves(source))
+    leaves, treedef = jax.tree_util.tree_flatten(target)
+    out, kept = [], []
+    for (name, _), leaf in zip(named_leaves(target), leaves):
+        found = from_source.get(name)
+        if found is None or np.shape(found) != np.shape(leaf):
+            kept.append(name)
+            out.append(leaf)
+        else:
+            out.append(jnp.asarray(found, dtype=jnp.result_type(leaf)))
+    return jax.tree_util.tree_unflatten(treedef, out), kept

@@ -375,3 +375,19 @@ def test_a_model_that_is_one_layer_takes_the_module_at_the_root():
           "fc2.bias": rand(8)}
     params, _ = convert.load_torch_state_dict(jc.SqueezeExcite(2), (-1, 3, 3, 8), se)
     np.testing.assert_array_equal(params["fc2"]["bias"], se["fc2.bias"])
+
+
+def test_transfer_takes_matching_leaves_and_keeps_a_new_head():
+    from jaxconv.convert import transfer
+
+    def net(classes):
+        return jc.serial(("conv", jc.Conv(4, 3)), ("flat", jc.Flatten()), ("fc", jc.Dense(classes)))
+
+    _, source, _ = net(7).init(jax.random.PRNGKey(0), (-1, 5, 5, 2))
+    _, target, _ = net(3).init(jax.random.PRNGKey(1), (-1, 5, 5, 2))
+    target = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), target)
+    out, kept = transfer(source, target)
+    assert kept == ["fc/bias", "fc/kernel"]
+    assert out["conv"]["kernel"].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(out["conv"]["kernel"], source["conv"]["kernel"].astype(jnp.bfloat16))
+    np.testing.assert_array_equal(out["fc"]["kernel"], target["fc"]["kernel"])
