@@ -36,9 +36,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from jaxconv.bench import (Case, Stats, fmt, jax_sync, markdown_table,  # noqa: E402,F401
-                           measure_interleaved, no_sync, ratio, time_calls)
-
+from jaxconv.bench import Case, Stats, fmt, jax_sync, markdown_table, measure_interleaved, no_sync, ratio, time_calls  # noqa: E402,F401
 from jaxconv.checkpoint import write_atomic as write_bytes_atomic  # noqa: E402
 
 RESULTS_MD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
@@ -70,7 +68,7 @@ def _version(module: str) -> str | None:
 def machine_info(extra_modules: Sequence[str] = ()) -> dict[str, Any]:
     """Host, accelerator and library versions, and the UTC date."""
     info: dict[str, Any] = {
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "host": platform.node(),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),

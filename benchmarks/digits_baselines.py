@@ -82,7 +82,7 @@ def table(baselines, runs) -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
         HEADING, "",
-        f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by "
+        f"Measured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC by "
         "`python benchmarks/digits_baselines.py`; "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
         f"(load average {load:.1f} at the end: the machine was shared, so wall times are pessimistic); "

@@ -35,8 +35,8 @@ from jaxconv.layers import BatchNorm as BatchNorm
 from jaxconv.layers import Conv as Conv
 from jaxconv.layers import ConvTranspose as ConvTranspose
 from jaxconv.layers import Dense as Dense
-from jaxconv.layers import DropPath as DropPath
 from jaxconv.layers import Dropout as Dropout
+from jaxconv.layers import DropPath as DropPath
 from jaxconv.layers import Elu as Elu
 from jaxconv.layers import Flatten as Flatten
 from jaxconv.layers import Gelu as Gelu
@@ -55,9 +55,9 @@ from jaxconv.layers import MaxPool as MaxPool
 from jaxconv.layers import MaxUnpool as MaxUnpool
 from jaxconv.layers import MinPool as MinPool
 from jaxconv.layers import Mish as Mish
-from jaxconv.layers import PRelu as PRelu
 from jaxconv.layers import PixelShuffle as PixelShuffle
 from jaxconv.layers import PixelUnshuffle as PixelUnshuffle
+from jaxconv.layers import PRelu as PRelu
 from jaxconv.layers import Relu as Relu
 from jaxconv.layers import Relu6 as Relu6
 from jaxconv.layers import Reshape as Reshape

@@ -21,7 +21,6 @@ from jax.sharding import Mesh
 
 import jaxconv as jc
 from jaxconv import distributed
-
 from tests import distributed_worker as worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

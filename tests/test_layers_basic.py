@@ -55,7 +55,8 @@ def test_dense_errors():
         jc.Dense(0)
     with pytest.raises(ValueError, match="Dense: features must be an int >= 1, got -3"):
         jc.Dense(-3)
-    with pytest.raises(ValueError, match=r"Dense: expected input of rank >= 2 \(batch, ..., features\), got shape \(5,\)"):
+    with pytest.raises(ValueError,
+                       match=r"Dense: expected input of rank >= 2 \(batch, ..., features\), got shape \(5,\)"):
         jc.Dense(3).init(jax.random.PRNGKey(0), (5,))
     layer = jc.Dense(3)
     _, params, state = layer.init(jax.random.PRNGKey(0), (-1, 4))
@@ -76,7 +77,9 @@ def test_flatten_reshape_identity_lambda():
 def test_reshape_errors():
     with pytest.raises(ValueError, match="Reshape: shape must be positive ints with at most one -1"):
         jc.Reshape((-1, -1))
-    with pytest.raises(ValueError, match=r"Reshape: cannot reshape input of shape \(-1, 3, 4\) \(12 features\) to \(batch, \*\(5,\)\)"):
+    with pytest.raises(ValueError,
+                       match=r"Reshape: cannot reshape input of shape \(-1, 3, 4\) "
+                             r"\(12 features\) to \(batch, \*\(5,\)\)"):
         jc.Reshape((5,)).init(None, (-1, 3, 4))
 
 

@@ -14,9 +14,15 @@ from typing import Any
 import jax.numpy as jnp
 
 from jaxconv.core import Layer, normalize_shape
-from jaxconv.ops.sampling import (check_resize_args, pixel_shuffle, pixel_shuffle_output_shape,
-                                pixel_unshuffle, pixel_unshuffle_output_shape, resize,
-                                resize_output_shape)
+from jaxconv.ops.sampling import (
+    check_resize_args,
+    pixel_shuffle,
+    pixel_shuffle_output_shape,
+    pixel_unshuffle,
+    pixel_unshuffle_output_shape,
+    resize,
+    resize_output_shape,
+)
 from jaxconv.validate import integer
 
 
