@@ -365,7 +365,8 @@ def transform(img: Image.Image, preprocess: Preprocess, augment: Augment | None,
     """An 8-bit image as a ``(H, W, C)`` uint8 array: crop/resize, then flip and colour jitter.
 
     ``augment=None`` is the evaluation transform (``resize_center_crop``); with
-    ``augment``, ``rng`` draws (in this order) the crop, the flip and the jitter.
+    ``augment``, ``rng`` draws (in this order) the crop, the flip and the jitter
+    (each only if it is on).
     """
     size = preprocess.image_size
     if augment is None or augment.scale is None:
@@ -375,15 +376,23 @@ def transform(img: Image.Image, preprocess: Preprocess, augment: Augment | None,
     if augment is not None:
         if augment.flip and rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        img = color_jitter(img, jitter_params(rng, augment))
+        if augment.brightness or augment.contrast or augment.saturation or augment.hue:
+            img = color_jitter(img, jitter_params(rng, augment))
     array = np.asarray(img, dtype=np.uint8)
     return array.reshape(size[0], size[1], preprocess.channels)
 
 
-def normalize(images: np.ndarray, preprocess: Preprocess) -> np.ndarray:
-    """uint8 images ``(..., C)`` as float32 ``(pixel / 255 - mean) / std``."""
-    x = images.astype(np.float32) / np.float32(255.0)
-    return (x - np.asarray(preprocess.mean, np.float32)) / np.asarray(preprocess.std, np.float32)
+def normalize(images: np.ndarray, preprocess: Preprocess, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 images ``(..., C)`` as float32 ``(pixel / 255 - mean) / std`` (into ``out`` if given).
+
+    Each channel's 256 values are computed once (float32) and looked up.
+    """
+    levels = np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0)
+    table = (levels - np.asarray(preprocess.mean, np.float32)) / np.asarray(preprocess.std, np.float32)
+    out = np.empty(images.shape, np.float32) if out is None else out
+    for c in range(images.shape[-1]):
+        np.take(table[:, c], images[..., c], out=out[..., c], mode="clip")
+    return out
 
 
 def load_image(path: str, preprocess: Preprocess) -> np.ndarray:

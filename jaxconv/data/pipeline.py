@@ -10,8 +10,8 @@ in order.
 
 Every batch is a pure function of ``(seed, epoch, position, shard)``:
 
-- epoch ``e`` visits the examples in the order of Grain's index shuffle seeded
-  from ``(seed, e)`` (or in file order with ``shuffle=False``);
+- epoch ``e`` visits the examples in a random order drawn from ``(seed, e)``
+  (``epoch_order``; file order with ``shuffle=False``);
 - global batch ``i`` is the positions ``[i * B, (i + 1) * B)`` of that order;
   shard ``p`` of ``P`` reads rows ``[p * B / P, (p + 1) * B / P)`` of it, the
   rows ``jaxconv.distributed.process_rows`` gives process ``p`` on a
@@ -52,6 +52,7 @@ import grain
 import jax
 import numpy as np
 from absl import flags
+from grain.multiprocessing import SharedMemoryArray
 from PIL import Image
 
 from jaxconv.data.folder import BadImageWarning, FolderSplit
@@ -66,9 +67,11 @@ _SHOWN = 10
 _MAX_SEED = 2**32 - 1
 
 
-def _seed(*entropy: int) -> int:
-    """A 32-bit seed mixed from ``entropy`` (NumPy's ``SeedSequence``)."""
-    return int(np.random.SeedSequence(list(entropy)).generate_state(1)[0])
+def epoch_order(size: int, seed: int, epoch: int) -> np.ndarray:
+    """Epoch ``epoch``'s order of ``range(size)``: a permutation drawn from ``(seed, epoch)`` (4 or 8 bytes each)."""
+    order = np.arange(size, dtype=np.int32 if size < 2**31 else np.int64)
+    np.random.default_rng([seed, epoch, 1]).shuffle(order)
+    return order
 
 
 class Layout(NamedTuple):
@@ -106,28 +109,33 @@ class BatchReader:
 
     Returns ``(images, labels, skipped)``: float32 ``(b, H, W, C)``, int32
     ``(b,)`` (padding rows: zeros and ``PADDING_LABEL``), and the
-    ``(path, message)`` of every file skipped for this batch.
+    ``(path, message)`` of every file skipped for this batch. With ``shared``
+    (in worker processes) the images are written straight into a Grain
+    ``SharedMemoryArray``, which reaches the main process without a copy.
     """
 
-    def __init__(self, split: FolderSplit, layout: Layout):
-        self.split, self.layout = split, layout
-        self._order: tuple[int, Any] | None = None  # (epoch, its shuffled index dataset)
+    def __init__(self, split: FolderSplit, layout: Layout, *, shared: bool = False):
+        self.split, self.layout, self.shared = split, layout, shared
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, epoch_order)
+        self._pixels: np.ndarray | None = None  # uint8 rows, reused from batch to batch
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"split": self.split, "layout": self.layout, "_order": None}
+        return dict(self.__dict__, _order=None, _pixels=None)
 
     def source_index(self, position: int, epoch: int) -> int:
-        """The example at ``position`` of ``epoch``'s order."""
+        """The example at ``position`` of ``epoch``'s order (drawn once per epoch in each process)."""
         if not self.layout.shuffle:
             return position
         if self._order is None or self._order[0] != epoch:
-            order = grain.MapDataset.range(self.layout.size).shuffle(seed=_seed(self.layout.seed, epoch, 1))
-            self._order = (epoch, order)
+            self._order = (epoch, epoch_order(self.layout.size, self.layout.seed, epoch))
         return int(self._order[1][position])
 
     def example(self, index: int, epoch: int, skipped: list[tuple[str, str]]) -> tuple[np.ndarray, int]:
-        """Example ``index`` as uint8 ``(H, W, C)`` and its label; with ``skip_bad_images`` the next
-        readable file stands in for an unreadable one (its ``(path, message)`` goes to ``skipped``)."""
+        """Example ``index``: uint8 ``(H, W, C)`` pixels and the label.
+
+        With ``skip_bad_images`` the next readable file stands in for an
+        unreadable one, whose ``(path, message)`` goes to ``skipped``.
+        """
         split = self.split
         for attempt in range(min(len(split), MAX_SUBSTITUTES)):
             k = (index + attempt) % len(split)
@@ -147,13 +155,16 @@ class BatchReader:
     def __call__(self, number: int) -> tuple[np.ndarray, np.ndarray, tuple[tuple[str, str], ...]]:
         epoch, batch = divmod(int(number), self.layout.batches_per_epoch)
         pre = self.split.preprocess
-        images = np.zeros((self.layout.local_batch_size, *pre.image_size, pre.channels), np.uint8)
+        shape = (self.layout.local_batch_size, *pre.image_size, pre.channels)
+        if self._pixels is None:
+            self._pixels = np.empty(shape, np.uint8)
         labels = np.full(self.layout.local_batch_size, PADDING_LABEL, np.int32)
         skipped: list[tuple[str, str]] = []
         for row, position in enumerate(self.layout.positions(batch)):
             if position < self.layout.size:
-                images[row], labels[row] = self.example(self.source_index(position, epoch), epoch, skipped)
-        out = normalize(images, pre)
+                self._pixels[row], labels[row] = self.example(self.source_index(position, epoch), epoch, skipped)
+        out = SharedMemoryArray(shape, np.float32) if self.shared else np.empty(shape, np.float32)
+        normalize(self._pixels, pre, out=out)
         out[labels == PADDING_LABEL] = 0.0
         return out, labels, tuple(skipped)
 
@@ -209,7 +220,7 @@ class LoaderIterator:
 
     def __init__(self, loader: Loader, first: int, stop: int):
         self._loader, self._next, self._stop = loader, first, stop
-        self._reader = BatchReader(loader.split, loader.layout)
+        self._reader = BatchReader(loader.split, loader.layout, shared=loader.workers > 0)
         self._grain: Any = None
         self.skipped: dict[str, str] = {}
 
@@ -235,8 +246,8 @@ class LoaderIterator:
             raise
         self._next += 1
         self._report(skipped)
-        # Plain arrays: a worker's batch arrives in shared memory, released as soon as it is copied.
-        return np.array(images, copy=True), np.array(labels, copy=True)
+        # Plain arrays (a worker's images are a view of shared memory, released with the last reference).
+        return np.asarray(images), np.asarray(labels)
 
     def _report(self, skipped: tuple[tuple[str, str], ...]) -> None:
         new = {path: message for path, message in skipped if path not in self.skipped}
