@@ -112,6 +112,7 @@ class BatchReader:
     ``(path, message)`` of every file skipped for this batch. With ``shared``
     (in worker processes) the images are written straight into a Grain
     ``SharedMemoryArray``, which reaches the main process without a copy.
+    Each process calls it from one thread (it reuses a pixel buffer).
     """
 
     def __init__(self, split: FolderSplit, layout: Layout, *, shared: bool = False):
@@ -180,13 +181,16 @@ def _allow_grain_workers() -> None:
 
 
 def init_worker(max_pixels: int, worker: int, workers: int) -> None:
-    """Runs first in each worker process: Pillow's own pixel limit becomes the loader's, its warning an error.
+    """Runs first in each worker process (which runs only the loader, so its settings surprise nobody).
 
-    (Worker processes run only the loader, so its settings cannot surprise other code there.)
+    Pillow's own pixel limit becomes the loader's and its warning an error; JAX
+    (imported with jaxconv, never used there) is kept to the CPU, so that a
+    worker can never claim accelerator memory.
     """
     del worker, workers
     Image.MAX_IMAGE_PIXELS = max_pixels
     warnings.simplefilter("error", Image.DecompressionBombWarning)
+    jax.config.update("jax_platforms", "cpu")
 
 
 def grain_batches(reader: BatchReader, first: int, stop: int, *, workers: int, prefetch: int) -> Any:
@@ -208,11 +212,12 @@ def grain_batches(reader: BatchReader, first: int, stop: int, *, workers: int, p
 
 
 class LoaderIterator:
-    """An iterator over a ``Loader``'s batches from a state to the end of an epoch.
+    """An iterator over a ``Loader``'s batches, from a state to the end of an epoch (``Loader.iterator``).
 
     ``state`` is the position of the next batch, ``{"epoch": e, "position": i}``;
     ``Loader.iterator(state)`` continues from it, bitwise as this iterator would.
-    Close it (or use it as a context manager) to stop its worker processes early.
+    The worker processes start with the first ``next`` and stop at the end; close
+    the iterator (or use it as a context manager) to stop them early.
 
     Attributes:
       skipped: ``{path: message}`` of every file skipped so far (``skip_bad_images``).
@@ -307,6 +312,9 @@ class Loader:
       prefetch: batches each worker keeps ready (with no worker: read ahead in a
         thread; 0: read synchronously).
       shard: ``(index, count)``; ``None`` for ``(jax.process_index(), jax.process_count())``.
+
+    Memory does not grow with the data beyond the split's packed file list and,
+    with ``shuffle``, each process's order of the current epoch (4 bytes an image).
 
     Raises:
       TypeError: ``split`` is not a ``FolderSplit``.
