@@ -1,7 +1,8 @@
-"""Normalisation layers: BatchNorm (with running statistics in ``state``), LayerNorm, GroupNorm.
+"""Normalisation layers: BatchNorm and InstanceNorm (running statistics in ``state``), LayerNorm,
+GroupNorm; and :func:`standardize`, their statistics for other layers (``StdConv``'s kernel).
 
 Conventions follow PyTorch (``epsilon=1e-5``, biased variance to normalise).
-The three share one way of computing statistics, in float32 at least (also
+All share one way of computing statistics, in float32 at least (also
 when the compute ``dtype`` is bfloat16 or float16; float64 input stays
 float64), with the result cast once to the compute dtype:
 
@@ -21,7 +22,8 @@ The output and the statistics are finite for every finite input, and
 accurate as long as ``sum(x)`` does not overflow (``|x|`` below the largest
 float over ``m``) and ``1 / std`` is a normal float (``std`` below ``8.5e37``
 in float32). A batch variance beyond the float32 range (a standard deviation
-above about ``1.8e19``) is stored as the largest float32.
+above about ``1.8e19``) is stored as the largest float32. Complex input is
+refused with a ``TypeError``.
 """
 
 from __future__ import annotations
@@ -46,8 +48,10 @@ def _check_norm_options(context: str, epsilon: Any, use_scale: Any, use_bias: An
 
 
 def _affine_params(key, shape, use_scale, use_bias, scale_init, bias_init, param_dtype):
-    k1, k2 = jax.random.split(key)
     params = {}
+    if not (use_scale or use_bias):  # no params: no key needed
+        return params
+    k1, k2 = jax.random.split(key)
     if use_scale:
         params["scale"] = scale_init(k1, shape, param_dtype)
     if use_bias:
@@ -152,24 +156,119 @@ def _normalize(x: Any, moments: Moments, epsilon: float) -> Any:
     return x * a + b
 
 
-def _batch_statistics(xs: Any, state: Any, momentum: float, axis_name: Any):
-    """BatchNorm's batch moments of ``xs`` ``(N, ..., C)`` and its updated running statistics."""
+def standardize(x: Any, axes: int | Sequence[int], epsilon: float) -> Any:
+    """``(x - mean) / sqrt(var + epsilon)`` with the mean and biased variance over ``axes``.
+
+    The statistics of the normalisation layers (see the module docstring): two
+    reads of ``x``, accurate for a mean far from zero, finite for every finite
+    ``x``, with exact gradients through the mean and the variance.
+
+    Args:
+      x: a real array.
+      axes: the axes to reduce (an int or a sequence of ints).
+      epsilon: added to the variance, inside the square root.
+
+    Returns:
+      An array of the shape of ``x``, in its dtype promoted to float32 at least
+      (float64 stays float64).
+    """
+    axes = (axes,) if validate.is_int(axes) else tuple(axes)
+    axes = tuple(a % jnp.ndim(x) for a in axes)
+    xs = jnp.asarray(x, compute_dtype(None, x, at_least=jnp.float32))
+    return _normalize(xs, _moments(xs, axes), epsilon)
+
+
+def _check_real(x: Any, context: str) -> None:
+    """Raises ``TypeError`` for a complex ``x``: normalisation is defined for real values."""
+    if jnp.iscomplexobj(x):
+        raise TypeError(f"{context}: expected a real input, got dtype {jnp.result_type(x)}; "
+                        "normalise the real and imaginary parts as separate channels")
+
+
+def _check_input(x: Any, channels: int | None, context: str, max_rank: int | None = None) -> None:
+    """Checks a real ``(N, ..., C)`` input (rank 3..``max_rank`` when given), ``C = channels``."""
+    _check_real(x, context)
+    shape = tuple(jnp.shape(x))
+    c = "C" if channels is None else channels
+    if max_rank is None:
+        ok, layout = len(shape) >= 2, f"(N, ..., {c})"
+    else:
+        ok, layout = 3 <= len(shape) <= max_rank, f"(N, *spatial, {c}) with 1 to 3 spatial axes"
+    if not ok or (channels is not None and shape[-1] != channels):
+        raise ValueError(f"{context}: expected input of shape {layout}, got {shape}")
+
+
+def _channels(params: Any, state: Any) -> int | None:
+    """The channel count that the params or the running statistics fix (``None``: any)."""
+    for tree, key in ((state, "mean"), (params, "scale"), (params, "bias")):
+        if key in tree:
+            return tree[key].shape[-1]
+    return None
+
+
+def _running_state(channels: int, track_running_stats: bool, momentum: float | None) -> dict:
+    """Initial running statistics (mean 0, variance 1), a batch counter with ``momentum=None``."""
+    if not track_running_stats:
+        return {}
+    state = {"mean": jnp.zeros((channels,), jnp.float32), "var": jnp.ones((channels,), jnp.float32)}
+    if momentum is None:
+        state["num_batches_tracked"] = jnp.zeros((), jnp.int32)
+    return state
+
+
+def _running_moments(state: Any, dtype: Any) -> Moments:
+    """The running statistics as :class:`Moments` in ``dtype``, for inference."""
+    return Moments(state["mean"].astype(dtype), state["var"].astype(dtype), 0)
+
+
+def _update_running(state: Any, batch: Any, momentum: float | None) -> dict:
+    """``running <- (1 - momentum) * running + momentum * batch`` for ``mean`` and ``var``.
+
+    ``momentum=None``: the cumulative average, ``momentum = 1 / n`` with ``n``
+    the updated ``num_batches_tracked``. A value beyond the range of the
+    state's dtype is stored as its largest value.
+    """
+    new_state = dict(state)
+    if momentum is None:
+        count = state["num_batches_tracked"] + 1
+        new_state["num_batches_tracked"] = count
+        momentum = 1 / count.astype(state["mean"].dtype)
+    for k in ("mean", "var"):
+        new_state[k] = _saturate((1 - momentum) * state[k] + momentum * batch[k]).astype(state[k].dtype)
+    return new_state
+
+
+def _batch_moments(xs: Any, axis_name: Any, what: str) -> tuple[Moments, int]:
+    """BatchNorm's batch moments of ``xs`` ``(N, ..., C)`` and the number of values per channel."""
     m = math.prod(xs.shape[:-1]) * (1 if axis_name is None else lax.axis_size(axis_name))
     if m <= 1:
         raise ValueError(
-            "BatchNorm: training needs more than 1 value per channel to compute batch "
+            f"BatchNorm: {what} needs more than 1 value per channel to compute batch "
             f"statistics; expected an input with N * spatial > 1, got shape {tuple(xs.shape)}")
-    moments = _moments(xs, tuple(range(xs.ndim - 1)), axis_name)
-    batch = {"mean": moments.mean.reshape(-1), "var": moments.var.reshape(-1) * (m / (m - 1))}
-    new_state = {k: _saturate((1 - momentum) * state[k] + momentum * batch[k]).astype(state[k].dtype)
-                 for k in ("mean", "var")}
-    return moments, new_state
+    return _moments(xs, tuple(range(xs.ndim - 1)), axis_name), m
+
+
+def _scaled_output(xs: Any, moments: Moments, params: Any, epsilon: float) -> Any:
+    """``(xs - mean) / sqrt(var + epsilon) * scale + bias`` as one multiply-add per element."""
+    a, b = _multiplier_and_offset(moments, epsilon)
+    if "scale" in params:
+        a, b = a * params["scale"].astype(a.dtype), b * params["scale"].astype(b.dtype)
+    if "bias" in params:
+        b = b + params["bias"].astype(b.dtype)
+    return xs * a + b
+
+
+def _check_momentum(momentum: Any, context: str, allow_none: bool) -> None:
+    if momentum is None and allow_none:
+        return
+    validate.number(momentum, "momentum", context=context, minimum=0, maximum=1)
 
 
 def BatchNorm(
     *,
-    momentum: float = 0.1,
+    momentum: float | None = 0.1,
     epsilon: float = 1e-5,
+    track_running_stats: bool = True,
     use_scale: bool = True,
     use_bias: bool = True,
     axis_name: Any = None,
@@ -178,7 +277,7 @@ def BatchNorm(
     dtype: Any = None,
     param_dtype: Any = jnp.float32,
 ) -> Layer:
-    """Batch normalisation over every axis but the last (channels).
+    """Batch normalisation over every axis but the last (channels), as PyTorch's ``BatchNorm{1,2,3}d``.
 
     ``train=True``: normalise with the batch statistics and update the running
     ones; ``train=False``: normalise with the running statistics and return the
@@ -201,8 +300,12 @@ def BatchNorm(
     is ``1 - momentum`` here.
 
     Args:
-      momentum: weight of the current batch in the running averages, in ``[0, 1]``.
+      momentum: weight of the current batch in the running averages, in ``[0, 1]``;
+        ``None``: the cumulative moving average, ``momentum = 1 / n`` for the
+        ``n``-th training batch (the state then counts them in ``num_batches_tracked``).
       epsilon: added to the variance, ``> 0``.
+      track_running_stats: keep running statistics; ``False``: no state, and the
+        batch statistics normalise in both modes (as in PyTorch).
       use_scale, use_bias: learn a per-channel scale (init 1) and bias (init 0).
       axis_name: a mapped axis name (``pmap``/``shard_map``/``vmap``): the batch
         statistics are then reduced over that axis too, so every device normalises
@@ -214,11 +317,15 @@ def BatchNorm(
       param_dtype: dtype of ``scale``/``bias``.
 
     Shapes: ``(N, ..., C) -> (N, ..., C)``; params ``scale``/``bias`` ``(C,)``;
-    state ``{"mean": (C,), "var": (C,)}`` in float32, initialised to 0 and 1.
-    Training needs more than one value per channel (``m > 1``), except that an
-    empty batch (``N = 0``) gives an empty output and leaves the state unchanged.
+    state ``{"mean": (C,), "var": (C,)}`` in float32, initialised to 0 and 1, plus
+    ``"num_batches_tracked"`` (an int32 scalar, initially 0) with
+    ``momentum=None``; ``{}`` with ``track_running_stats=False``. The update keeps
+    the state's dtypes (a float64 state stays float64). Batch statistics need
+    more than one value per channel (``m > 1``), except that an empty batch
+    (``N = 0``) gives an empty output and leaves the state unchanged.
     """
-    validate.number(momentum, "momentum", context="BatchNorm", minimum=0, maximum=1)
+    _check_momentum(momentum, "BatchNorm", allow_none=True)
+    validate.boolean(track_running_stats, "track_running_stats", context="BatchNorm")
     _check_norm_options("BatchNorm", epsilon, use_scale, use_bias)
 
     def init(key, input_shape):
@@ -226,32 +333,121 @@ def BatchNorm(
         check_rank(shape, "BatchNorm", min_rank=2, layout="(N, ..., C)")
         c = shape[-1]
         params = _affine_params(key, (c,), use_scale, use_bias, scale_init, bias_init, param_dtype)
-        state = {"mean": jnp.zeros((c,), jnp.float32), "var": jnp.ones((c,), jnp.float32)}
-        return shape, params, state
+        return shape, params, _running_state(c, track_running_stats, momentum)
 
     def apply(params, state, x, *, key=None, train=False):
-        c = state["mean"].shape[0]
-        if jnp.ndim(x) < 2 or jnp.shape(x)[-1] != c:
-            raise ValueError(f"BatchNorm: expected input of shape (N, ..., {c}), "
-                             f"got {tuple(jnp.shape(x))}")
+        _check_input(x, _channels(params, state), "BatchNorm")
         out_dtype = compute_dtype(dtype, x, *params.values())
-        if train and jnp.size(x) == 0:  # an empty batch: nothing to normalise or to learn from
+        batch_stats = train or not track_running_stats
+        if batch_stats and jnp.size(x) == 0:  # an empty batch: nothing to normalise or to learn from
             return jnp.asarray(x, out_dtype), state
         xs = jnp.asarray(x, compute_dtype(None, x, at_least=jnp.float32))
-        if train:
-            moments, new_state = _batch_statistics(xs, state, momentum, axis_name)
-        else:
-            moments = Moments(state["mean"].astype(xs.dtype), state["var"].astype(xs.dtype), 0)
-            new_state = state
-        # One multiply-add per element: the affine params are folded into a and b.
-        a, b = _multiplier_and_offset(moments, epsilon)
-        if "scale" in params:
-            a, b = a * params["scale"].astype(a.dtype), b * params["scale"].astype(b.dtype)
-        if "bias" in params:
-            b = b + params["bias"].astype(b.dtype)
-        return (xs * a + b).astype(out_dtype), new_state
+        if not batch_stats:
+            return _scaled_output(xs, _running_moments(state, xs.dtype), params,
+                                  epsilon).astype(out_dtype), state
+        what = "training" if train else "normalising with track_running_stats=False"
+        moments, m = _batch_moments(xs, axis_name, what)
+        new_state = state
+        if train and track_running_stats:
+            batch = {"mean": moments.mean.reshape(-1), "var": moments.var.reshape(-1) * (m / (m - 1))}
+            new_state = _update_running(state, batch, momentum)
+        return _scaled_output(xs, moments, params, epsilon).astype(out_dtype), new_state
 
     return Layer(init, apply, "batch_norm")
+
+
+def _instance_running_update(state: Any, moments: Moments, count: int, momentum: float) -> dict:
+    """The running statistics after a batch: the examples' moments averaged, as PyTorch does."""
+    channels = moments.mean.shape[-1]
+    unbiased = moments.var.reshape(-1, channels) * (count / (count - 1))
+    batch = {"mean": jnp.mean(moments.mean.reshape(-1, channels), axis=0),
+             "var": jnp.mean(unbiased, axis=0)}
+    return _update_running(state, batch, momentum)
+
+
+def _check_spatial_size(shape: Any, context: str) -> int:
+    count = math.prod(shape[1:-1])
+    if count <= 1:
+        raise ValueError(f"{context}: instance statistics need more than 1 spatial element per "
+                         f"example and channel, got shape {tuple(shape)}")
+    return count
+
+
+def InstanceNorm(
+    *,
+    affine: bool = False,
+    track_running_stats: bool = False,
+    momentum: float = 0.1,
+    epsilon: float = 1e-5,
+    scale_init: Any = jax.nn.initializers.ones,
+    bias_init: Any = jax.nn.initializers.zeros,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+) -> Layer:
+    """Instance normalisation, as PyTorch's ``InstanceNorm{1,2,3}d`` (channels-last).
+
+    Each example and channel is normalised over the spatial axes (biased
+    variance), then, with ``affine``, a per-channel scale and bias::
+
+        y[n, ..., c] = (x[n, ..., c] - mean[n, c]) / sqrt(var[n, c] + epsilon) * scale[c] + bias[c]
+
+    With ``track_running_stats`` the state keeps running statistics, updated
+    with ``train=True`` only from the examples' statistics averaged over the
+    batch (``running_var`` from the unbiased variances, ``S / (S - 1)`` times
+    the biased ones for ``S`` spatial elements) and used to normalise with
+    ``train=False``; without (the default), the example's own statistics
+    normalise in both modes. The statistics are those of ``BatchNorm`` (see the
+    module docstring).
+
+    Args:
+      affine: learn a per-channel ``scale`` (init 1) and ``bias`` (init 0).
+      track_running_stats: keep running statistics in the state.
+      momentum: weight of the current batch in the running averages, in ``[0, 1]``
+        (PyTorch's ``InstanceNorm`` takes ``None`` to mean 0: pass 0).
+      epsilon: added to the variance, ``> 0``.
+      scale_init, bias_init: ``jax.nn.initializers`` functions.
+      dtype: compute dtype of the output (statistics are float32 at least).
+      param_dtype: dtype of ``scale``/``bias``.
+
+    Shapes: ``(N, *spatial, C) -> (N, *spatial, C)`` with 1 to 3 spatial axes,
+    more than one spatial element wherever the example's statistics are used;
+    params ``scale``/``bias`` ``(C,)`` with ``affine``, else ``{}``; state
+    ``{"mean": (C,), "var": (C,)}`` (float32, 0 and 1) with ``track_running_stats``,
+    else ``{}``. An empty batch gives an empty output and leaves the state unchanged.
+    """
+    name = "InstanceNorm"
+    validate.boolean(affine, "affine", context=name)
+    validate.boolean(track_running_stats, "track_running_stats", context=name)
+    _check_momentum(momentum, name, allow_none=False)
+    _check_norm_options(name, epsilon, True, True)
+
+    def init(key, input_shape):
+        shape = normalize_shape(input_shape, name)
+        check_rank(shape, name, min_rank=3, max_rank=5, layout="(N, *spatial, C)")
+        if not track_running_stats:
+            _check_spatial_size(shape, name)
+        c = shape[-1]
+        params = _affine_params(key, (c,), affine, affine, scale_init, bias_init, param_dtype)
+        return shape, params, _running_state(c, track_running_stats, momentum)
+
+    def apply(params, state, x, *, key=None, train=False):
+        _check_input(x, _channels(params, state), name, max_rank=5)
+        out_dtype = compute_dtype(dtype, x, *params.values())
+        own_stats = train or not track_running_stats
+        if own_stats and jnp.size(x) == 0:  # an empty batch: nothing to normalise or to learn from
+            return jnp.asarray(x, out_dtype), state
+        xs = jnp.asarray(x, compute_dtype(None, x, at_least=jnp.float32))
+        if not own_stats:
+            return _scaled_output(xs, _running_moments(state, xs.dtype), params,
+                                  epsilon).astype(out_dtype), state
+        count = _check_spatial_size(xs.shape, name)
+        moments = _moments(xs, tuple(range(1, xs.ndim - 1)))
+        new_state = state
+        if train and track_running_stats:
+            new_state = _instance_running_update(state, moments, count, momentum)
+        return _scaled_output(xs, moments, params, epsilon).astype(out_dtype), new_state
+
+    return Layer(init, apply, "instance_norm")
 
 
 def _norm_axes(reduction_axes: Any, rank: int, context: str) -> tuple[int, ...]:
@@ -306,6 +502,7 @@ def LayerNorm(
         return shape, params, {}
 
     def apply(params, state, x, *, key=None, train=False):
+        _check_real(x, "LayerNorm")
         rank = jnp.ndim(x)
         if rank < 2:
             raise ValueError(f"LayerNorm: expected input of rank >= 2 (N, ...), "
@@ -317,8 +514,7 @@ def LayerNorm(
                 raise ValueError(f"LayerNorm: expected input whose axes {axes} have sizes "
                                  f"{tuple(p.shape)}, got shape {tuple(jnp.shape(x))}")
         out_dtype = compute_dtype(dtype, x, *params.values())
-        xs = jnp.asarray(x, compute_dtype(None, x, at_least=jnp.float32))
-        y = _normalize(xs, _moments(xs, axes), epsilon)
+        y = standardize(x, axes, epsilon)
         bshape = tuple(jnp.shape(x)[a] if a in axes else 1 for a in range(rank))
         return _affine(y, params, bshape).astype(out_dtype), state
 
@@ -365,6 +561,7 @@ def GroupNorm(
         return shape, params, {}
 
     def apply(params, state, x, *, key=None, train=False):
+        _check_real(x, "GroupNorm")
         shape = tuple(jnp.shape(x))
         if len(shape) < 2:
             raise ValueError(f"GroupNorm: expected input of rank >= 2 (N, ..., C), got {shape}")
@@ -375,10 +572,9 @@ def GroupNorm(
                                  f"got shape {shape}")
         check_channels(c)
         out_dtype = compute_dtype(dtype, x, *params.values())
-        xs = jnp.asarray(x, compute_dtype(None, x, at_least=jnp.float32))
-        g = xs.reshape(shape[:-1] + (num_groups, c // num_groups))
+        g = jnp.reshape(x, shape[:-1] + (num_groups, c // num_groups))
         axes = tuple(range(1, g.ndim - 2)) + (g.ndim - 1,)
-        y = _normalize(g, _moments(g, axes), epsilon).reshape(shape)
+        y = standardize(g, axes, epsilon).reshape(shape)
         return _affine(y, params, (c,)).astype(out_dtype), state
 
     return Layer(init, apply, "group_norm")
