@@ -331,3 +331,11 @@ def test_skip_bad_images_uses_the_next_readable_file_and_warns_once(tmp_path):
         (tmp_path / "a" / f"{i}.png").write_bytes(b"")
     with pytest.raises(ImageError, match=r"Loader: 6 files in a row from .*/a/0.png could not be read"):
         next(iter(loader))
+
+
+def test_a_file_removed_after_listing_is_named(tmp_path):
+    random_folder(str(tmp_path), {"a": 3})
+    folder = image_folder(str(tmp_path), image_size=4, val_fraction=0)
+    os.remove(folder.train.files[1])
+    with pytest.raises(ImageError, match=rf"cannot read image {folder.train.files[1]}: no such file"):
+        list(Loader(folder.train, batch_size=3, shuffle=False))

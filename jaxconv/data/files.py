@@ -9,9 +9,13 @@ from typing import BinaryIO
 READ_CHUNK = 1 << 20  # bytes decompressed or read per step
 
 
-def not_regular(context: str, path: str) -> ValueError:
-    return ValueError(f"{context}: {path} is not a regular file (a directory, FIFO or device); "
-                      "it is not read")
+class NotRegularFileError(ValueError):
+    """A path that names a directory, FIFO or device where a regular file was expected."""
+
+
+def not_regular(context: str, path: str) -> NotRegularFileError:
+    return NotRegularFileError(f"{context}: {path} is not a regular file (a directory, FIFO or device); "
+                               "it is not read")
 
 
 def open_regular(path: str, context: str) -> BinaryIO:
@@ -23,7 +27,7 @@ def open_regular(path: str, context: str) -> BinaryIO:
 
     Raises:
       FileNotFoundError: ``path`` does not exist.
-      ValueError: ``path`` is not a regular file.
+      NotRegularFileError: ``path`` is not a regular file (a ``ValueError``).
     """
     if not stat.S_ISREG(os.stat(path).st_mode):
         raise not_regular(context, path)

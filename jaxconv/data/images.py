@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from jaxconv.data.files import open_regular
+from jaxconv.data.files import NotRegularFileError, open_regular
 from jaxconv.validate import boolean, choice, int_tuple, integer, number
 
 #: File extensions listed as images (compared lower-case).
@@ -199,12 +199,17 @@ def _oriented(img: Image.Image, orientation: int) -> Image.Image:
 
 
 def _describe(error: Exception) -> str:
+    """What went wrong reading an image, for a message that names the file."""
     if isinstance(error, Image.UnidentifiedImageError):
         return "not a PNG, JPEG, BMP or WebP image (Pillow cannot identify it)"
     if isinstance(error, Image.DecompressionBombError):
         return f"refused as a decompression bomb ({error})"
+    if isinstance(error, NotRegularFileError):
+        return "not a regular file (a directory, FIFO, device or dangling link)"
     if isinstance(error, FileNotFoundError):
         return "no such file"
+    if isinstance(error, PermissionError | IsADirectoryError):
+        return f"cannot be opened ({error.strerror})"
     return f"corrupt or truncated ({type(error).__name__}: {error})"
 
 
@@ -225,11 +230,6 @@ def open_image(path: str, *, channels: int = 3, max_pixels: int = DEFAULT_MAX_PI
             return _oriented(_convert(img, channels), _orientation(img))
     except (ImageError, MemoryError):
         raise
-    except ValueError as e:
-        if "is not a regular file" in str(e):
-            raise ImageError(f"cannot read image {path}: not a regular file (a directory, FIFO, device "
-                             "or dangling link)") from None
-        raise ImageError(f"cannot read image {path}: {_describe(e)}") from None
     except Exception as e:  # noqa: BLE001 - Pillow raises many types for broken files; all name the file
         raise ImageError(f"cannot read image {path}: {_describe(e)}") from None
 
