@@ -111,3 +111,46 @@ def test_the_program_caches_compilations(tmp_path):
 
     assert main(["summary", "intro_mlp"]) == 0
     assert not jax.config.jax_compilation_cache_dir  # main in this process left JAX alone
+
+
+def test_train_with_the_recipe_then_export_both_formats(tmp_path, capsys):
+    """Recipe options and callbacks through the command line, then `jaxconv export` of the run."""
+    import numpy as np
+    import onnxruntime
+
+    from jaxconv import export
+    from jaxconv.cli.training import load_run
+    from jaxconv.data import load_dataset
+
+    out = str(tmp_path / "recipe")
+    assert main(["train", "--epochs", "3", "--batch-size", "256", "--out", out, "--no-progress", "--no-plots",
+                 "--augment", "crop:1,cutout:2,mixup:0.2,cutmix:1.0", "--ema", "0.9", "--clip-norm", "1",
+                 "--warmup-steps", "0.2", "--precision", "bf16", "--early-stopping", "1",
+                 "--monitor", "train_loss", "--save-best", "--csv", "--tensorboard"]) == 0
+    printed = capsys.readouterr().out
+    assert ("warmup 0.2, clip-norm 1.0, ema 0.9, precision bf16, early stopping 1 on train_loss" in printed)
+    config = json.load(open(os.path.join(out, "metrics.json")))["config"]
+    assert (config["warmup_steps"], config["ema"], config["precision"]) == (0.2, 0.9, "bf16")
+    for name in ("best.safetensors", "metrics.csv", "tensorboard"):
+        assert os.path.exists(os.path.join(out, name)), name
+    arrays = ckpt.load_arrays(ckpt.latest_checkpoint(os.path.join(out, "checkpoints")))
+    assert "ema/conv0/kernel" in arrays and "params/conv0/kernel" in arrays
+
+    assert main(["evaluate", "--out", out]) == 0
+    assert f"test accuracy {json.load(open(os.path.join(out, 'metrics.json')))['final_test_accuracy']:.4f}" in (
+        capsys.readouterr().out)
+
+    run = load_run(out, impl="lax")
+    images = load_dataset("digits").test.images[:7]
+    want = np.asarray(run.model.apply(run.train_state.ema, run.train_state.state, images)[0])
+    assert main(["export", "--out", out]) == 0
+    assert "model.stablehlo: digits_cnn (EMA params of" in capsys.readouterr().out
+    got = np.asarray(export.load(os.path.join(out, "model.stablehlo")).call(images))
+    assert np.abs(got - want).max() <= 1e-6
+    assert main(["export", "--out", out, "--format", "onnx", "--checkpoint", "best"]) == 0
+    session = onnxruntime.InferenceSession(os.path.join(out, "model.onnx"), providers=["CPUExecutionProvider"])
+    best = load_run(out, which="best", impl="lax").train_state
+    logits = session.run(None, {session.get_inputs()[0].name: images})[0]
+    np.testing.assert_allclose(logits, run.model.apply(best.ema, best.state, images)[0], rtol=1e-5, atol=1e-5)
+    assert main(["export", "--out", str(tmp_path / "none")]) == 1
+    assert "no checkpoint in" in capsys.readouterr().err

@@ -61,6 +61,13 @@ BAD_VALUES = [
     (["--weight-decay", "-1"], "jaxconv train: --weight-decay must be a number >= 0, got -1.0"),
     (["--label-smoothing", "1"], "jaxconv train: --label-smoothing must be a number >= 0 and < 1, got 1.0"),
     (["--augment", "rotate"], "jaxconv train: augment: unknown item 'rotate'"),
+    (["--augment", "crop:1,mixup:0"], "jaxconv train: augment: mixup alpha must be a finite number > 0, got '0'"),
+    (["--augment", "cutout:0"], "jaxconv train: augment: cutout size must be an int >= 1, got '0'"),
+    (["--warmup-steps", "-3"], "jaxconv train: --warmup-steps must be an int >= 0 or a fraction in (0, 1), got '-3'"),
+    (["--warmup-steps", "1.0"], "jaxconv train: --warmup-steps must be an int >= 0 or a fraction in (0, 1), got '1.0'"),
+    (["--clip-norm", "0"], "jaxconv train: --clip-norm must be a number > 0, got 0.0"),
+    (["--ema", "1"], "jaxconv train: --ema must be a number > 0 and < 1, got 1.0"),
+    (["--early-stopping", "0"], "jaxconv train: --early-stopping must be an int >= 1, got 0"),
 ]
 
 
@@ -78,6 +85,7 @@ def test_bad_train_values_are_one_line_before_anything_runs(tmp_path, capsys, no
     (["bench", "--rounds", "0"], "jaxconv bench: --rounds must be an int >= 1, got 0"),
     (["summary", "lenet5", "--num-classes", "0"], "jaxconv summary: --num-classes must be an int >= 1, got 0"),
     (["summary", "lenet5", "--input-shape", "32,0,3"], "jaxconv summary: --input-shape must be comma-separated"),
+    (["export", "--batch", "0"], "jaxconv export: --batch must be 'dynamic' or an int >= 1, got '0'"),
 ])
 def test_bad_values_of_the_other_commands(capsys, argv, message):
     assert main(argv) == 2
