@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxconv.ops import autotune
+from jaxconv.ops.pallas_conv import pallas_conv_general
 from jaxconv.ops.patches import patches_conv_general
 from jaxconv.ops.spec import ConvOptions, ConvSpec, Padding, apply_padding_mode, conv_options, resolve_conv
 
@@ -104,7 +105,9 @@ def lax_conv_general(x: Any, kernel: Any, spec: ConvSpec) -> Any:
 
 
 #: ``impl`` -> the function that evaluates a ``ConvSpec`` as ``fn(x, kernel, spec)``.
-IMPLEMENTATIONS = {"lax": lax_conv_general, "patches": patches_conv_general}
+#: ``"pallas"`` (``jaxconv.ops.pallas_conv``) is only ever chosen by name, never by ``"auto"``.
+IMPLEMENTATIONS = {"lax": lax_conv_general, "patches": patches_conv_general,
+                   "pallas": pallas_conv_general}
 
 
 def choose_impl(options: ConvOptions, x: Any, kernel: Any, spec: ConvSpec) -> str:
