@@ -25,6 +25,7 @@ always an error.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import warnings
@@ -74,8 +75,9 @@ class FileTable:
         return (self[i] for i in range(len(self)))
 
 
-class FolderSplit(NamedTuple):
-    """One split of an image folder: its files, their labels, and how to read them.
+@dataclasses.dataclass(frozen=True, eq=False)
+class FolderSplit:
+    """One split of an image folder: its files, their labels, and how to read them; ``len`` is its size.
 
     Attributes:
       files: the image paths (``FileTable``).
