@@ -22,6 +22,10 @@ the others):
    elementwise fusion, fusion with a reduction, copy) and the longest kernels.
 8. ``chunks``: the patches path with its batch in chunks (patch tensors of
    24 and 48 MB) against the default (on GPU: unchunked) patches and lax.
+9. ``pallas``: the Pallas kernel (``impl="pallas"``, ``jaxconv.ops.pallas_conv``)
+   against lax and patches, bf16: ResNet-9's convolution layers alone
+   (forward+backward) and the full training step. Off GPU its kernels run in
+   Pallas's interpret mode: a smoke test of the section, not a measurement.
 
 Prints a table (images/s, TFLOP/s, fraction of the measured matmul rate,
 ratios to each peer), writes the ``gpu`` section of ``benchmarks/RESULTS.md``
@@ -641,9 +645,95 @@ def section_chunks(run: Run):
         run.log(run.extra_tables[-1])
 
 
+def _accept_pallas(run: Run) -> None:
+    """Lets the options validation take ``impl="pallas"`` if ``IMPLS`` does not list it yet."""
+    from jaxconv.ops import spec
+
+    if "pallas" not in spec.IMPLS:
+        spec.IMPLS = (*spec.IMPLS, "pallas")
+        run.note("pallas: jaxconv.ops.spec.IMPLS did not list 'pallas'; added for this run")
+
+
+def _pallas_layer_rows(run: Run) -> list:
+    """ResNet-9's distinct convolution layers, fwd+bwd bf16, lax / patches / pallas interleaved."""
+    import jax.numpy as jnp
+
+    from jaxconv.bench import ConvShape, conv_cases
+
+    a = run.args
+    rows, seen = [], set()
+    for label, s, ci, co in resnet9_conv_layers(a.size, a.width):
+        if (s, ci, co) in seen:
+            continue
+        seen.add((s, ci, co))
+        if run.remaining() < (10 if a.quick else 30):
+            run.note(f"pallas: layers stopped before {label} ({run.remaining():.0f} s left)")
+            break
+        shape = ConvShape(label, a.batch, s, ci, co)
+        cases = conv_cases(shape, ("lax", "patches", "pallas"), dtype=jnp.bfloat16,
+                           modes=("fwd+bwd",))
+        stats = measure_interleaved(cases, rounds=3, warmup=2, target_s=0.05 if a.quick else 0.1,
+                                    time_cap_s=20, log=run.log)
+        base = stats.get(f"{label} lax fwd+bwd")
+        for impl in ("lax", "patches", "pallas"):
+            st = stats.get(f"{label} {impl} fwd+bwd")
+            if st:
+                run.partial.write("pallas", st.as_dict())
+                rows.append([label, shape.describe(), impl, fmt(st.median * 1e3, 3),
+                             fmt(st.flops_rate / 1e9, 1), ratio(st.rate, base.rate) if base else "-"])
+    return rows
+
+
+def _pallas_step_rows(run: Run) -> list:
+    """The bf16 ResNet-9 step with lax, patches and pallas, interleaved."""
+    data = make_data(run)
+    cases = []
+    for impl in ("lax", "patches", "pallas"):
+        name = f"jaxconv {impl} bf16"
+        case = (run.cases.get(name) if hasattr(run, "cases") else None) or build(
+            run, name, lambda impl=impl: jaxconv_case(run, impl, "bf16", data=data),
+            compile_cost(run))
+        if case:
+            cases.append(case)
+    stats = measure_interleaved(cases, rounds=run.args.rounds, warmup=1, target_s=run.args.target,
+                                time_cap_s=min(40, max(run.remaining(), 5)), log=run.log)
+    base = stats.get("jaxconv lax bf16")
+    rows = []
+    for name, st in stats.items():
+        run.partial.write("pallas", st.as_dict())
+        rows.append([name, fmt(st.rate), fmt(st.median * 1e3, 2), f"{st.spread:.0%}",
+                     ratio(st.rate, base.rate) if base else "-"])
+    return rows
+
+
+def section_pallas(run: Run):
+    """The Pallas convolution against lax and patches: ResNet-9's layers and its full step."""
+    import jax
+
+    _accept_pallas(run)
+    mode = "compiled with Triton" if jax.default_backend() == "gpu" else (
+        "in Pallas's interpret mode (not on a GPU): the times are the interpreter's")
+    layer_rows = _pallas_layer_rows(run)
+    if layer_rows:
+        run.extra_tables.append(
+            f"Pallas convolution (`impl=\"pallas\"`, {mode}) on ResNet-9's layers, bf16, batch "
+            f"{run.args.batch}, forward + both gradients, interleaved rounds:\n\n"
+            + markdown_table(["layer", "shape", "impl", "ms/call", "GFLOP/s", "vs lax"],
+                             layer_rows))
+        run.log(run.extra_tables[-1])
+    step_rows = _pallas_step_rows(run)
+    if step_rows:
+        run.extra_tables.append(
+            f"Pallas convolution ({mode}) in the bf16 ResNet-9 training step, interleaved "
+            "rounds:\n\n"
+            + markdown_table(["implementation", "images/s", "ms/call", "spread", "vs lax"],
+                             step_rows))
+        run.log(run.extra_tables[-1])
+
+
 SECTIONS = {"ceilings": section_ceilings, "main": section_main, "spc": section_spc,
             "f32": section_f32, "micro": section_micro, "compile": section_compile,
-            "profile": section_profile, "chunks": section_chunks}
+            "profile": section_profile, "chunks": section_chunks, "pallas": section_pallas}
 
 
 # --------------------------------------------------------------------------
