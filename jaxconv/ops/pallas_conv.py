@@ -32,10 +32,11 @@ supported):
   output gradient dilated by the stride with the flipped, channel-swapped
   kernel (window stride = the forward's input dilation), evaluated by the
   same forward kernel;
-- weight gradient: a second kernel, grid ``(taps, C / block_k, F / block_f)``,
-  each instance summing ``patches^T @ dy`` over every image and output tile
-  for one tap and one ``(block_k, block_f)`` block of the kernel, with the
-  same phase layout and offsets as the forward.
+- weight gradient: a second kernel, grid ``(image groups, taps, C / block_k,
+  F / block_f)``, each instance summing ``patches^T @ dy`` over one group of
+  images and every output tile for one tap and one ``(block_k, block_f)``
+  block of the kernel, with the same phase layout and offsets as the
+  forward; the groups' partial sums (float32) are added afterwards.
 
 Limits: one feature group (``groups > 1`` is evaluated by the patches path,
 ``jaxconv.ops.patches``). Channel counts are zero-padded to a multiple of the
@@ -56,12 +57,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
 
 from jaxconv.ops.patches import patches_conv_general
 from jaxconv.ops.spec import ConvSpec, apply_padding_mode, spec_output_sizes
 from jaxconv.validate import boolean
 
-__all__ = ["pallas_conv_general", "Blocks", "BLOCKS"]
+__all__ = ["pallas_conv_general", "Blocks", "BLOCKS", "MAX_IMAGE_GROUPS", "PARTIAL_SUM_BYTES",
+           "image_groups"]
 
 
 class Blocks(NamedTuple):
@@ -82,6 +85,10 @@ class Blocks(NamedTuple):
 BLOCKS = Blocks()
 
 _MIN_BLOCK = 16
+
+# On GPU the kernels are compiled with Triton (not Mosaic GPU, which lowers no dot_general
+# inside a Pallas loop); elsewhere the parameters are unused (interpret mode).
+_TRITON = pltriton.CompilerParams(num_warps=4, num_stages=2)
 
 
 def _block(size: int, largest: int) -> int:
@@ -257,6 +264,7 @@ def _forward_call(xph, w_taps, layout: Layout, precision, interpret: bool):
         out_specs=pl.BlockSpec((None, layout.block_m, layout.block_f), lambda i, m, f: (i, m, f)),
         out_shape=jax.ShapeDtypeStruct((n, layout.rows, layout.features), xph.dtype),
         interpret=interpret,
+        compiler_params=_TRITON,
     )(xph, w_taps)
 
 
@@ -276,11 +284,12 @@ def _evaluate(x, kernel, spec: ConvSpec, interpret: bool):
 def _weight_grad_kernel(x_ref, dy_ref, o_ref, *, layout: Layout, precision, acc_dtype):
     """``dW[tap, block] = sum over images and tiles of x[tap rows, block]^T @ dy[tile]``.
 
-    ``x_ref`` ``(N, phases, length, block_k)``; ``dy_ref`` ``(N, rows, block_f)``
-    (zero outside the real outputs); ``o_ref`` ``(block_k, block_f)``.
+    One group of images: ``x_ref`` ``(images, phases, length, block_k)``;
+    ``dy_ref`` ``(images, rows, block_f)`` (zero outside the real outputs);
+    ``o_ref`` ``(block_k, block_f)``, this group's partial sum.
     """
     bm = layout.block_m
-    tap = pl.program_id(0)
+    tap = pl.program_id(1)
     pos = [(tap // math.prod(layout.window[d + 1:])) % k for d, k in enumerate(layout.window)]
     phase, offset = tap_position(pos, layout.dilation, layout.strides, layout.phase_sizes)
 
@@ -297,8 +306,25 @@ def _weight_grad_kernel(x_ref, dy_ref, o_ref, *, layout: Layout, precision, acc_
     o_ref[...] = acc.astype(o_ref.dtype)
 
 
+#: The weight gradient is summed in at most this many groups of images (more
+#: program instances in parallel), as long as their partial sums stay under
+#: :data:`PARTIAL_SUM_BYTES`.
+MAX_IMAGE_GROUPS = 64
+PARTIAL_SUM_BYTES = 64 << 20
+
+
+def image_groups(n: int, partial_bytes: int) -> int:
+    """The largest divisor of ``n`` within :data:`MAX_IMAGE_GROUPS` and the partial-sum budget."""
+    limit = max(1, min(MAX_IMAGE_GROUPS, PARTIAL_SUM_BYTES // max(partial_bytes, 1)))
+    return max(g for g in range(1, min(n, limit) + 1) if n % g == 0)
+
+
 def _weight_grad(x, dy, kernel_shape, spec: ConvSpec, interpret: bool):
-    """``dW`` of the convolution ``spec`` (zero padding, one group), ``kernel_shape``."""
+    """``dW`` of the convolution ``spec`` (zero padding, one group), ``kernel_shape``.
+
+    Grid ``(image groups, taps, C / block_k, F / block_f)``: each instance sums
+    one group of images; the groups' partial sums are added afterwards.
+    """
     c, f = kernel_shape[-2:]
     xph, layout = _prepare(x, kernel_shape[:-2], f, spec)
     dyf = _flat_output_grid(dy.astype(x.dtype), layout)
@@ -306,18 +332,21 @@ def _weight_grad(x, dy, kernel_shape, spec: ConvSpec, interpret: bool):
     kernel = functools.partial(_weight_grad_kernel, layout=layout, precision=spec.precision,
                                acc_dtype=acc_dtype)
     n, phases, length = xph.shape[:3]
-    bk, bf = layout.block_k, layout.block_f
+    taps, bk, bf = len(layout.taps), layout.block_k, layout.block_f
+    shape = (taps, layout.channels, layout.features)
+    groups = image_groups(n, math.prod(shape) * jnp.dtype(acc_dtype).itemsize)
+    per = n // groups
     dw = pl.pallas_call(
         kernel,
-        grid=(len(layout.taps), layout.channels // bk, layout.features // bf),
-        in_specs=[pl.BlockSpec((n, phases, length, bk), lambda t, k, j: (0, 0, 0, k)),
-                  pl.BlockSpec((n, layout.rows, bf), lambda t, k, j: (0, 0, j))],
-        out_specs=pl.BlockSpec((None, bk, bf), lambda t, k, j: (t, k, j)),
-        out_shape=jax.ShapeDtypeStruct((len(layout.taps), layout.channels, layout.features),
-                                       acc_dtype),
+        grid=(groups, taps, layout.channels // bk, layout.features // bf),
+        in_specs=[pl.BlockSpec((per, phases, length, bk), lambda g, t, k, j: (g, 0, 0, k)),
+                  pl.BlockSpec((per, layout.rows, bf), lambda g, t, k, j: (g, 0, j))],
+        out_specs=pl.BlockSpec((None, None, bk, bf), lambda g, t, k, j: (g, t, k, j)),
+        out_shape=jax.ShapeDtypeStruct((groups, *shape), acc_dtype),
         interpret=interpret,
+        compiler_params=_TRITON,
     )(xph, dyf)
-    return dw[:, :c, :f].reshape(kernel_shape)
+    return jnp.sum(dw, axis=0)[:, :c, :f].reshape(kernel_shape)
 
 
 # --------------------------------------------------------------------------
