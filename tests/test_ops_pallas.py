@@ -82,6 +82,23 @@ def test_values_and_gradients_match_lax(op, x_shape, k_shape, kwargs):
         assert err <= 1e-5, f"{name}: relative error {err:.2e}"
 
 
+def test_many_tiles_match_lax(monkeypatch):
+    """16-wide tiles: several output-pixel tiles, channel blocks (40 -> 48) and feature
+    blocks (20 -> 32), in the forward and both gradients."""
+    monkeypatch.setattr(pallas_conv, "BLOCKS", pallas_conv.Blocks(16, 16, 16))
+    kwargs = dict(stride=(2, 1), padding=1, dilation=(1, 2))
+    x, w = _rand((2, 9, 8, 40)), _rand((3, 3, 40, 20), seed=1)
+    out = _value_and_grads("conv", kwargs, x, w, _rand((2, 5, 6, 20), seed=2))
+    jaxpr = jax.make_jaxpr(lambda x, w: conv(x, w, impl="pallas", **kwargs))(x, w).jaxpr
+    grids = [e.params["grid_mapping"].grid for e in _equations(jaxpr)
+             if e.primitive.name == "pallas_call"]
+    # Images; 5 output rows x 10-wide phase rows = 50 flat rows in 16-row tiles; features.
+    assert grids == [(2, 4, 2)], grids
+    for name, got, want in zip(("value", "dx", "dw"), out["pallas"], out["lax"]):
+        err = relative_error(got, want)
+        assert err <= 1e-5, f"{name}: relative error {err:.2e}"
+
+
 @pytest.mark.parametrize("op, x_shape, k_shape, kwargs", [CASES[2], CASES[6]])
 def test_float64_matches_the_oracle(op, x_shape, k_shape, kwargs, monkeypatch):
     """Float64 in, float64 accumulation: the NumPy direct loops to ``1e-12``.

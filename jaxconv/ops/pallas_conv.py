@@ -86,8 +86,8 @@ BLOCKS = Blocks()
 
 _MIN_BLOCK = 16
 
-# On GPU the kernels are compiled with Triton (not Mosaic GPU, which lowers no dot_general
-# inside a Pallas loop); elsewhere the parameters are unused (interpret mode).
+# On GPU the kernels are compiled with Triton: Mosaic GPU (pallas_call's other GPU backend)
+# does not lower their dot_general. Elsewhere the parameters are unused (interpret mode).
 _TRITON = pltriton.CompilerParams(num_warps=4, num_stages=2)
 
 
@@ -144,8 +144,12 @@ def tap_position(pos, dilation, strides, phase_sizes):
 
 
 def make_layout(padded_sizes, window, channels: int, features: int, spec: ConvSpec,
-                blocks: Blocks = BLOCKS) -> Layout:
-    """The :class:`Layout` of ``spec`` on an input already padded to ``padded_sizes``."""
+                blocks: Blocks | None = None) -> Layout:
+    """The :class:`Layout` of ``spec`` on an input already padded to ``padded_sizes``.
+
+    ``blocks``: the largest tile sizes (default :data:`BLOCKS`, read at each call).
+    """
+    blocks = blocks or BLOCKS
     strides = tuple(spec.strides)
     phase_sizes = tuple(-(-n // s) for n, s in zip(padded_sizes, strides))
     zero = ConvSpec(strides, ((0, 0),) * len(window), (1,) * len(window), spec.rhs_dilation, 1)
