@@ -22,6 +22,11 @@ Sections (``--sections``, comma-separated; default all):
   with the patches path's full patch tensor, with its default (the row-shift
   form where ``autotune.PATCH_ROWS`` takes it) and with lax: the measurements
   behind the CPU rule.
+* ``depthwise``: forward+backward of depthwise layers (MobileNetV2's 3x3 on
+  144 channels at 56x56 and 96 channels at 112x112 with stride 2, ConvNeXt-T's
+  7x7 on 96 channels; batch 32): ``impl="patches"`` in its depthwise form
+  (``autotune.PATCH_DEPTHWISE``), lax, and PyTorch ``conv2d(groups=C)`` with
+  contiguous and channels_last tensors: the measurements behind the CPU rule.
 * ``layer``: the ``Conv`` layer (lax impl) against a bare
   ``lax.conv_general_dilated`` call, forward and forward+backward.
 * ``spc``: ``make_train_step(steps_per_call=10)`` against ``steps_per_call=1``,
@@ -479,6 +484,88 @@ def section_spc(args, log):
     return text, {n: s.as_dict() for n, s in stats.items()}
 
 
+# (label, batch, size, channels, kernel, stride) of depthwise layers, padding kernel // 2.
+DEPTHWISE_SHAPES = (
+    ("MobileNetV2 expanded 144, 3x3", 32, 56, 144, 3, 1),
+    ("MobileNetV2 expanded 96, 3x3 /2", 32, 112, 96, 3, 2),
+    ("ConvNeXt-T stage 1, 7x7", 32, 56, 96, 7, 1),
+)
+QUICK_DEPTHWISE_SHAPES = (("quick 16, 3x3", 2, 12, 16, 3, 1), ("quick 8, 5x5 /2", 2, 11, 8, 5, 2))
+
+
+def depthwise_jax_cases(label, batch, size, channels, k, stride):
+    """fwd+bwd of a depthwise ``jc.ops.conv``: ``impl="patches"`` (its depthwise form) and lax."""
+    import jax
+
+    import jaxconv as jc
+
+    kx, kw, kg = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(kx, (batch, size, size, channels))
+    w = jax.random.normal(kw, (k, k, 1, channels)) * 0.1
+    cases = []
+    for name, impl in (("depthwise form", "patches"), ("lax", "lax")):
+        def f(x, w, impl=impl):
+            return jc.ops.conv(x, w, stride=stride, padding=k // 2, groups=channels, impl=impl)
+
+        g = jax.random.normal(kg, jax.eval_shape(f, x, w).shape)
+        both = jax.jit(lambda x, w, g, f=f: jax.vjp(f, x, w)[1](g))
+        cases.append(Case(f"{label}: {name}", lambda both=both, g=g: both(x, w, g), items=batch))
+    return cases
+
+
+def depthwise_torch_cases(label, batch, size, channels, k, stride):
+    """fwd+bwd of PyTorch's ``conv2d(groups=C)``, contiguous (NCHW) and channels_last."""
+    try:
+        import torch
+    except ImportError:
+        return []
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    out = (size + 2 * (k // 2) - k) // stride + 1
+    cases = []
+    for name, fmt_ in (("torch NCHW", torch.contiguous_format),
+                       ("torch channels_last", torch.channels_last)):
+        x = torch.randn(batch, channels, size, size).to(memory_format=fmt_).requires_grad_()
+        w = (0.1 * torch.randn(channels, 1, k, k)).to(memory_format=fmt_).requires_grad_()
+        g = torch.randn(batch, channels, out, out).to(memory_format=fmt_)
+
+        def both(x=x, w=w, g=g):
+            y = torch.nn.functional.conv2d(x, w, stride=stride, padding=k // 2, groups=channels)
+            return torch.autograd.grad(y, (x, w), g)
+
+        cases.append(Case(f"{label}: {name}", both, sync=common.no_sync, items=batch))
+    return cases
+
+
+def section_depthwise(args, log):
+    """Depthwise layers fwd+bwd: the patches path's depthwise form, lax and PyTorch."""
+    names = ("depthwise form", "lax", "torch NCHW", "torch channels_last")
+    rows = []
+    for shape in QUICK_DEPTHWISE_SHAPES if args.quick else DEPTHWISE_SHAPES:
+        label, batch, size, channels, k, stride = shape
+        cases = depthwise_jax_cases(*shape) + depthwise_torch_cases(*shape)
+        stats = measure_interleaved(cases, rounds=args.rounds, target_s=args.target, log=log)
+        found = {n: stats.get(f"{label}: {n}") for n in names}
+        ms = [fmt(s.median * 1e3, 2) if s else "-" for s in found.values()]
+        spread = " / ".join(f"{s.spread:.0%}" if s else "-" for s in found.values())
+        form = found["depthwise form"]
+        torch_best = min((s.median for n, s in found.items() if s and n.startswith("torch")),
+                         default=None)
+        rows.append([label, f"{batch}x{size}x{size}x{channels}, {k}x{k}"
+                     + (f" /{stride}" if stride > 1 else ""), *ms, spread,
+                     ratio(found["lax"].median if found["lax"] else None,
+                           form.median if form else None),
+                     ratio(torch_best, form.median if form else None)])
+    table = markdown_table(["layer", "shape", *(f"{n} ms" for n in names),
+                            "spread (same order)", "lax / form", "best torch / form"], rows)
+    text = (f"Depthwise convolutions (groups = C, padding k // 2, float32), forward+backward "
+            f"(gradients for input and kernel): `impl=\"patches\"` (its depthwise form), "
+            f"`impl=\"lax\"` and PyTorch `conv2d(groups=C)`; median of {args.rounds} "
+            f"interleaved rounds (ratios > 1: the depthwise form is faster):\n\n{table}")
+    log(text)
+    return text, rows
+
+
 # The training settings of the baseline commit's `jaxconv train`, in this tree's flags.
 BASELINE_SETTINGS = ["--optimizer", "adam", "--schedule", "constant", "--lr", "1e-3",
                      "--label-smoothing", "0", "--augment", "none"]
@@ -555,6 +642,7 @@ def section_train(args, log):
 
 
 SECTIONS = {"step": section_step, "micro": section_micro, "rows": section_rows,
+            "depthwise": section_depthwise,
             "layer": section_layer, "spc": section_spc, "train": section_train}
 
 

@@ -102,6 +102,12 @@ def _case_arrays(op, kw):
 ROWS_ALWAYS = {jax.default_backend(): autotune.RowsRule(min_depth=1, max_waste=float("inf"))}
 
 
+def _no_depthwise_form():
+    """The full patch tensor or the row-shift form for grouped convolutions too (see
+    tests/test_ops_depthwise.py for the depthwise form)."""
+    return mock.patch.dict(autotune.PATCH_DEPTHWISE, clear=True)
+
+
 @pytest.mark.parametrize("rows", [False, True], ids=["full", "rows"])
 @pytest.mark.parametrize("op, kw", CASES)
 def test_patches_jaxpr_has_no_convolution(op, kw, rows):
@@ -109,7 +115,8 @@ def test_patches_jaxpr_has_no_convolution(op, kw, rows):
     f = _case_fn(op, kw)
     x, w = _case_arrays(op, kw)
     loss = lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
-    with mock.patch.dict(autotune.PATCH_ROWS, ROWS_ALWAYS if rows else {}, clear=not rows):
+    with (mock.patch.dict(autotune.PATCH_ROWS, ROWS_ALWAYS if rows else {}, clear=not rows),
+          _no_depthwise_form()):
         jaxprs = {
             "forward": jax.make_jaxpr(f)(x, w),
             "grad": jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, w),
@@ -185,7 +192,8 @@ def test_patches_under_jit_vmap_jvp_and_second_order(groups, rows):
                          lax.scan(lambda c, xi, f=f: (c, f(xi, w)), 0, xs)[1])
         return out
 
-    with mock.patch.dict(autotune.PATCH_ROWS, ROWS_ALWAYS if rows else {}, clear=not rows):
+    with (mock.patch.dict(autotune.PATCH_ROWS, ROWS_ALWAYS if rows else {}, clear=not rows),
+          _no_depthwise_form()):
         out = transformed(x, w, xs)
         # A new function: jax.jit(pat) above cached pat's trace under the old rule.
         jaxpr = jax.make_jaxpr(lambda a, b: pat(a, b))(x, w).jaxpr

@@ -7,7 +7,8 @@ first rule whose every field matches wins. Fields:
   ``"gpu"``, ``"tpu"``, ...) or ``"*"``;
 - ``op``: ``"conv"`` or ``"conv_transpose"`` or ``"*"``;
 - ``shape``: the shape class from :func:`shape_class` (``"pointwise"``,
-  ``"depthwise"``, ``"grouped"``, ``"rows"``, ``"narrow"``, ``"wide"``) or ``"*"``;
+  ``"depthwise_form"``, ``"depthwise"``, ``"grouped"``, ``"rows"``, ``"narrow"``,
+  ``"wide"``) or ``"*"``;
 - ``impl``: ``"lax"`` or ``"patches"``;
 - ``note``: where the rule comes from (a section of
   ``benchmarks/RESULTS.md``, or a default); for the reader, not read by the code.
@@ -16,7 +17,7 @@ To refine the table from new measurements, edit :data:`TABLE` (more specific
 rules first); nothing else needs to change.
 
 This module's tables (:data:`TABLE`, :data:`PATCH_CHUNK_BYTES`,
-:data:`PATCH_ROWS`) are read when a convolution is traced. A function that
+:data:`PATCH_ROWS`, :data:`PATCH_DEPTHWISE`) are read when a convolution is traced. A function that
 ``jax.jit`` has already traced keeps the choices it was traced with: change
 them before its first call, or call ``jax.clear_caches()``.
 """
@@ -29,6 +30,9 @@ from typing import Any, NamedTuple
 import jax
 
 TABLE: list[dict[str, str]] = [
+    {"backend": "cpu", "op": "*", "shape": "depthwise_form", "impl": "patches",
+     "note": "benchmarks/cpu.py, section depthwise: the depthwise form beats XLA:CPU's "
+             "grouped convolution in fwd+bwd, conv and conv_transpose"},
     {"backend": "cpu", "op": "*", "shape": "rows", "impl": "patches",
      "note": "RESULTS.md cpu, table rows: the row-shift form beats lax in fwd+bwd on every "
              "layer measured"},
@@ -114,18 +118,59 @@ def rows_apply(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], spec: An
     return depth >= rule.min_depth and out_rows > 0 and rows < rule.max_waste * out_rows
 
 
+class DepthwiseRule(NamedTuple):
+    """When ``impl="patches"`` takes its depthwise form (``patches._conv_depthwise``).
+
+    Attributes:
+      max_group_channels: the most input channels per group (``C // groups``;
+        1 for a depthwise convolution) that take it. The form adds one
+        shifted slice times per-channel weights per kernel position and input
+        channel of a group, so its work grows with ``C // groups``.
+    """
+
+    max_group_channels: int
+
+
+# Per backend; no entry: never (the full patch tensor, a matmul batched over the groups).
+# CPU (benchmarks/cpu.py, section depthwise): depthwise convolutions only; with 2 to 8
+# channels per group the full patch tensor's batched matmul was faster.
+PATCH_DEPTHWISE: dict[str, DepthwiseRule] = {
+    "cpu": DepthwiseRule(max_group_channels=1),
+}
+
+
+def depthwise_rule(backend: str | None = None) -> DepthwiseRule | None:
+    """The :data:`PATCH_DEPTHWISE` entry of ``backend`` (default: JAX's default backend)."""
+    return PATCH_DEPTHWISE.get(backend or jax.default_backend())
+
+
+def depthwise_apply(kernel_shape: tuple[int, ...], groups: int,
+                    rule: DepthwiseRule | None) -> bool:
+    """Whether ``impl="patches"`` takes its depthwise form for this convolution under ``rule``.
+
+    Args:
+      kernel_shape: ``(*k, C // groups, F)``.
+      groups: the feature groups; the form needs more than one.
+      rule: see :data:`PATCH_DEPTHWISE`; ``None``: never.
+    """
+    return rule is not None and groups > 1 and kernel_shape[-2] <= rule.max_group_channels
+
+
 # From this many input channels per group on, a dense convolution is "wide".
 WIDE_CHANNELS = 64
 
 
 def shape_class(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], groups: int,
-                rows: bool = False) -> str:
+                rows: bool = False, depthwise_form: bool = False) -> str:
     """A coarse class of a convolution's shapes, the key of :data:`TABLE`.
 
     ``rows``: the patches path takes its row-shift form for it (:func:`rows_apply`),
-    which makes it class ``"rows"``.
+    which makes it class ``"rows"``; ``depthwise_form``: it takes its depthwise
+    form (:func:`depthwise_apply`), class ``"depthwise_form"``.
     """
     window = kernel_shape[:-2]
+    if depthwise_form:
+        return "depthwise_form"
     if groups > 1 and groups == x_shape[-1]:
         return "depthwise"
     if groups > 1:
@@ -138,7 +183,8 @@ def shape_class(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], groups:
 
 
 def choose_impl(op: str, x_shape: tuple[int, ...], kernel_shape: tuple[int, ...],
-                groups: int = 1, backend: str | None = None, *, rows: bool = False) -> str:
+                groups: int = 1, backend: str | None = None, *, rows: bool = False,
+                depthwise_form: bool = False) -> str:
     """The implementation :data:`TABLE` picks for this convolution.
 
     Args:
@@ -146,11 +192,11 @@ def choose_impl(op: str, x_shape: tuple[int, ...], kernel_shape: tuple[int, ...]
       x_shape, kernel_shape, groups: the convolution evaluated (for a transposed
         convolution, the correlation that computes it: the channel-swapped kernel).
       backend: defaults to ``jax.default_backend()``.
-      rows: whether the patches path would take its row-shift form (see
-        :func:`shape_class`).
+      rows, depthwise_form: whether the patches path would take its row-shift
+        form, its depthwise form (see :func:`shape_class`).
     """
     backend = backend or jax.default_backend()
-    cls = shape_class(x_shape, kernel_shape, groups, rows)
+    cls = shape_class(x_shape, kernel_shape, groups, rows, depthwise_form)
     key: dict[str, Any] = {"backend": backend, "op": op, "shape": cls}
     for rule in TABLE:
         if all(rule[f] in ("*", key[f]) for f in key):

@@ -119,8 +119,9 @@ def choose_impl(options: ConvOptions, x: Any, kernel: Any, spec: ConvSpec) -> st
     if options.impl != "auto":
         return options.impl
     rows = autotune.rows_apply(x.shape, kernel.shape, spec, autotune.rows_rule())
+    depthwise = autotune.depthwise_apply(kernel.shape, spec.groups, autotune.depthwise_rule())
     return autotune.choose_impl(options.op, tuple(x.shape), tuple(kernel.shape), spec.groups,
-                                rows=rows)
+                                rows=rows, depthwise_form=depthwise)
 
 
 def _promote(x, kernel):

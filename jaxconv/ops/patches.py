@@ -1,5 +1,7 @@
 """The hand-rolled convolution: patch extraction (im2col) and one matmul per group.
 
+(Depthwise convolutions: slices times per-channel weights, see "Depthwise form" below.)
+
 No convolution primitive is used, and ``lax.conv_general_dilated_patches`` is
 never called: patches are built from one ``lax.pad`` (zero padding, negative =
 crop, and the input dilation of a transposed convolution, all in one op), one
@@ -58,6 +60,24 @@ no output row; the rule skips maps where that waste is large. Its gradients
 are plain JAX autodiff of these slices, one matmul each and pads: no scatter,
 no second patch tensor. Batch chunks are sized as for the full patch tensor.
 Measurements of both forms: ``benchmarks/RESULTS.md`` (cpu, table rows).
+
+Depthwise form. Where ``jaxconv.ops.autotune.PATCH_DEPTHWISE`` says so (on CPU:
+depthwise convolutions, one input channel per group, any channel multiplier),
+a grouped convolution builds no patch tensor and no matmul: with the padded
+(and input-dilated) input ``xp`` viewed as ``(N, *spatial, groups, C // groups)``,
+
+    y[..., g, j] = sum over kernel positions pos and group channels c of
+                   xp[o * stride + pos * dilation, g, c] * w[pos, c, g, j]
+
+``prod(kernel_size) * (C // groups)`` strided slices times per-channel weights,
+added in one fused pass. It is a ``jax.custom_jvp`` whose tangent is plain JAX
+(forward and reverse mode, ``vmap``, higher orders): the input gradient is the
+output gradient times the weights, padded back per kernel position and summed
+in one fused pass; the weight gradient per position is a sum of the input times
+the output gradient padded to the input's frame (the tangent multiplies before
+slicing, so its transpose reads the input in place). No scatter, gather or
+convolution primitive; float16 and bfloat16 accumulate in float32. It holds
+no patch tensor, so its batch is not chunked by default.
 """
 
 from __future__ import annotations
@@ -72,7 +92,13 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-from jaxconv.ops.autotune import patch_chunk_bytes, rows_apply, rows_rule
+from jaxconv.ops.autotune import (
+    depthwise_apply,
+    depthwise_rule,
+    patch_chunk_bytes,
+    rows_apply,
+    rows_rule,
+)
 from jaxconv.ops.spec import (
     ConvSpec,
     Padding,
@@ -159,6 +185,13 @@ def _conv_general_jvp(spec, primals, tangents):
 _conv_general.defjvp(_conv_general_jvp, symbolic_zeros=True)
 
 
+def _accumulation_dtype(dtype):
+    """``float32`` for floats narrower than it (bfloat16, float16), else ``dtype`` itself."""
+    if jnp.issubdtype(dtype, jnp.floating) and jnp.dtype(dtype).itemsize < 4:
+        return jnp.dtype(jnp.float32)
+    return jnp.dtype(dtype)
+
+
 def _conv_rows(x, kernel, spec):
     """The row-shift form: patches over the trailing spatial axes, one matmul, a shifted sum."""
     window = kernel.shape[:kernel.ndim - 2]
@@ -170,10 +203,10 @@ def _conv_rows(x, kernel, spec):
     row = math.prod(q.shape[2:-1])
     # Column block i of z is input row h times kernel row i.
     w = kernel.reshape(kh, depth, f).transpose(1, 0, 2).reshape(depth, kh * f)
-    low_precision = jnp.issubdtype(x.dtype, jnp.floating) and jnp.dtype(x.dtype).itemsize < 4
+    acc = _accumulation_dtype(x.dtype)
     z = lax.dot_general(q.reshape(-1, depth), w, (((1,), (0,)), ((), ())),
                         precision=spec.precision,
-                        preferred_element_type=jnp.float32 if low_precision else None)
+                        preferred_element_type=None if acc == x.dtype else acc)
     # Output row h sums block i of input row h + i * dh: in the flattened z, a
     # shift of i * dh * row. The last (kh - 1) * dh rows of each image would
     # mix in the next image: they are computed, then cut off.
@@ -185,22 +218,94 @@ def _conv_rows(x, kernel, spec):
     return lax.slice_in_dim(y, 0, rows - (kh - 1) * dh, axis=1).astype(x.dtype)
 
 
-def _conv(x, kernel, spec, rows):
-    return _conv_rows(x, kernel, spec) if rows else _conv_general(x, kernel, spec)
+def _depthwise_sum(xp, w, window, out, spec, weights_first):
+    """``sum_{pos, c}`` of the slices of ``xp`` that position ``pos`` sees, times ``w[pos, c]``.
+
+    ``xp`` is the padded input ``(N, *spatial, groups * cg)``, ``w`` the kernel as
+    ``(prod(window), cg, groups, F // groups)``; the term of channel ``c`` of each
+    group multiplies ``xp[..., g, c]`` by ``w[pos, c, g, :]``. ``weights_first``
+    multiplies before slicing (the same values: XLA computes only what the slice
+    keeps), which makes JAX's transpose with respect to ``w`` a pad of the output
+    gradient times ``xp``, summed: ``xp`` is read in place rather than through a
+    strided copy per position.
+    """
+    _, cg, groups, fg = w.shape
+    frame = xp.shape[:-1]
+    view = xp.reshape(*frame, groups, cg)
+    terms = []
+    for tap, start in enumerate(_offsets(window, spec.rhs_dilation)):
+        for c in range(cg):
+            channel = lax.slice_in_dim(view, c, c + 1, axis=-1)
+            if weights_first:
+                term = _window_slice((channel * w[tap, c]).reshape(*frame, groups * fg), start,
+                                     out, spec.strides)
+            else:
+                seen = _window_slice(channel.reshape(*frame, groups), start, out, spec.strides)
+                term = (seen[..., None] * w[tap, c]).reshape(*seen.shape[:-1], groups * fg)
+            terms.append(term)
+    return functools.reduce(lax.add, terms)
 
 
-def _conv_in_batch_chunks(x, kernel, spec, chunk, rows):
-    """The convolution (row-shift form if ``rows``) over the batch in chunks of ``chunk`` images.
+def _depthwise_eval(x, kernel, spec, weights_first=False):
+    """The depthwise form of ``spec`` on ``x``, accumulated in float32 for narrower floats."""
+    nd = kernel.ndim - 2
+    window, (cg, f) = kernel.shape[:nd], kernel.shape[-2:]
+    acc = _accumulation_dtype(x.dtype)
+    config, out = _frame(x.shape, window, spec)
+    xp = lax.pad(x, jnp.zeros((), x.dtype), config).astype(acc)
+    w = kernel.astype(acc).reshape(-1, cg, spec.groups, f // spec.groups)
+    return _depthwise_sum(xp, w, window, out, spec, weights_first).astype(x.dtype)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _conv_depthwise(x, kernel, spec):
+    """The depthwise form: per kernel position and input channel of a group, a slice times weights.
+
+    ``y[..., g, j] = sum_{pos, c} xp[o * stride + pos * dilation, g, c] * w[pos, c, g, j]``
+    over the padded (and input-dilated) ``xp`` viewed as ``(N, *spatial, groups, C // groups)``:
+    ``prod(kernel_size) * (C // groups)`` broadcast multiply-adds that XLA fuses into one
+    pass. ``spec.precision`` has nothing to act on (no contraction).
+    """
+    return _depthwise_eval(x, kernel, spec)
+
+
+def _conv_depthwise_jvp(spec, primals, tangents):
+    """``dy = D(x) dW + D(dx) W``, the first term written weights first (see ``_depthwise_sum``).
+
+    Transposed by JAX: the input gradient is the output gradient times the
+    weights, padded per position and summed in one fused pass; the weight
+    gradient per position the padded output gradient times the input, summed.
+    """
+    x, kernel = primals
+    dx, dkernel = tangents
+    y = _depthwise_eval(x, kernel, spec)
+    dy = []
+    if not isinstance(dkernel, SymbolicZero):
+        dy.append(_depthwise_eval(x, dkernel, spec, weights_first=True))
+    if not isinstance(dx, SymbolicZero):
+        dy.append(_depthwise_eval(dx, kernel, spec))
+    return y, functools.reduce(lax.add, dy) if dy else jnp.zeros_like(y)
+
+
+_conv_depthwise.defjvp(_conv_depthwise_jvp, symbolic_zeros=True)
+
+
+#: The forms of the patches path, by the name ``patches_conv_general`` chooses.
+FORMS = {"full": _conv_general, "rows": _conv_rows, "depthwise": _conv_depthwise}
+
+
+def _conv_in_batch_chunks(x, kernel, spec, chunk, form):
+    """The convolution in ``form`` (a key of ``FORMS``) over the batch in chunks of ``chunk`` images.
 
     Each chunk is rematerialised in the backward pass (``jax.checkpoint``), so
     only one chunk's patch tensor is alive at a time, forward or backward:
     ``chunk / N`` of the whole tensor. The images left over when ``chunk``
     does not divide ``N`` form one last, smaller chunk.
     """
-    n = x.shape[0]
+    n, conv_form = x.shape[0], FORMS[form]
     if chunk >= n:
-        return _conv(x, kernel, spec, rows)
-    body = jax.checkpoint(lambda xc: _conv(xc, kernel, spec, rows),
+        return conv_form(x, kernel, spec)
+    body = jax.checkpoint(lambda xc: conv_form(xc, kernel, spec),
                           policy=jax.checkpoint_policies.nothing_saveable)
     full = n - n % chunk
     y = lax.map(body, x[:full].reshape(full // chunk, chunk, *x.shape[1:]))
@@ -239,9 +344,8 @@ def patches_conv_general(x: Any, kernel: Any, spec: ConvSpec, *,
                          batch_chunk: int | None = None) -> Any:
     """Evaluates a ``ConvSpec`` with patches + matmul (differentiable in both modes).
 
-    The full patch tensor, or the row-shift form where the backend's rule
-    (``jaxconv.ops.autotune.rows_apply`` with ``rows_rule()``) takes it: see
-    the module docstring.
+    The full patch tensor, or the row-shift or the depthwise form where the
+    backend's rules take them (:func:`patches_form`): see the module docstring.
 
     Args:
       x: ``(N, *spatial, C)``.
@@ -251,7 +355,8 @@ def patches_conv_general(x: Any, kernel: Any, spec: ConvSpec, *,
       batch_chunk: images per chunk (see ``_conv_in_batch_chunks``). By default
         chunks are sized so that one chunk's patch tensor holds at most
         ``jaxconv.ops.autotune.patch_chunk_bytes()`` (the whole batch where
-        the backend sets no budget).
+        the backend sets no budget, or in the depthwise form, which builds no
+        patch tensor).
 
     Returns:
       ``(N, *out_spatial, F)``.
@@ -259,13 +364,27 @@ def patches_conv_general(x: Any, kernel: Any, spec: ConvSpec, *,
     x, spec = apply_padding_mode(x, spec._replace(
         strides=tuple(spec.strides), padding=tuple(map(tuple, spec.padding)),
         lhs_dilation=tuple(spec.lhs_dilation), rhs_dilation=tuple(spec.rhs_dilation)))
-    if batch_chunk is None:
+    form = patches_form(x.shape, kernel.shape, spec)
+    if batch_chunk is not None:
+        integer(batch_chunk, "batch_chunk", context="patches_conv_general", minimum=1)
+    elif form == "depthwise":  # no patch tensor to bound
+        batch_chunk = x.shape[0]
+    else:
         batch_chunk = batch_chunk_size(x.shape, kernel.shape, spec,
                                        jnp.dtype(x.dtype).itemsize, patch_chunk_bytes())
-    else:
-        integer(batch_chunk, "batch_chunk", context="patches_conv_general", minimum=1)
-    rows = rows_apply(x.shape, kernel.shape, spec, rows_rule())
-    return _conv_in_batch_chunks_jit(x, kernel, spec, batch_chunk, rows)
+    return _conv_in_batch_chunks_jit(x, kernel, spec, batch_chunk, form)
+
+
+def patches_form(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], spec: ConvSpec) -> str:
+    """The form ``impl="patches"`` takes for this convolution, under the backend's rules.
+
+    ``"depthwise"`` where ``jaxconv.ops.autotune.depthwise_apply`` with
+    ``depthwise_rule()`` takes it, else ``"rows"`` where ``rows_apply`` with
+    ``rows_rule()`` does, else ``"full"`` (see the module docstring).
+    """
+    if depthwise_apply(kernel_shape, spec.groups, depthwise_rule()):
+        return "depthwise"
+    return "rows" if rows_apply(x_shape, kernel_shape, spec, rows_rule()) else "full"
 
 
 def extract_patches(x: Any, kernel_size: Any, *, stride: Any = 1, padding: Padding = "VALID",
