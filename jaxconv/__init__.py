@@ -8,14 +8,18 @@ Layers are pure ``(init, apply)`` pairs over parameter pytrees::
     logits, state = model.apply(params, state, images)
 """
 
+from jaxconv import augment as augment
+from jaxconv import callbacks as callbacks
 from jaxconv import checkpoint as checkpoint
 from jaxconv import convert as convert
 from jaxconv import data as data
 from jaxconv import distributed as distributed
+from jaxconv import export as export
 from jaxconv import layers as layers
 from jaxconv import losses as losses
 from jaxconv import models as models
 from jaxconv import ops as ops
+from jaxconv import precision as precision
 from jaxconv import runtime as runtime
 from jaxconv import structure as structure
 from jaxconv import train as train
@@ -84,14 +88,18 @@ from jaxconv.version import __version__ as __version__
 
 __all__ = (
     # modules
+    "augment",
+    "callbacks",
     "checkpoint",
     "convert",
     "data",
     "distributed",
+    "export",
     "layers",
     "losses",
     "models",
     "ops",
+    "precision",
     "runtime",
     "structure",
     "train",

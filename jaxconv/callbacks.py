@@ -40,10 +40,10 @@ from typing import Any, NamedTuple
 
 from jaxconv import checkpoint as ckpt
 from jaxconv.distributed import fetch
+from jaxconv.rundir import BEST_FILE
 from jaxconv.validate import choice, integer, number
 
 MODES = ("min", "max")
-BEST_FILE = "best.safetensors"
 
 
 class FitInfo(NamedTuple):

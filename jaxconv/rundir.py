@@ -5,6 +5,10 @@
     DIR/.jaxconv.lock                         the lock of the run writing here (its PID and host)
     DIR/metrics.json                          config and per-epoch history
     DIR/loss_accuracy.png, filters.png, ...   the plots (``PLOTS``)
+    DIR/best.safetensors                      the best epoch's checkpoint (``--save-best``)
+    DIR/metrics.csv                           the history as CSV (``--csv``)
+    DIR/tensorboard/events.out.tfevents.*     TensorBoard event files (``--tensorboard``)
+    DIR/model.stablehlo, model.onnx           exported models (``jaxconv export``)
     DIR/checkpoints/ckpt-<step>.safetensors   checkpoints (``fit(checkpoint_dir=...)``), with
                                               their own ``.jaxconv.lock``
 
@@ -43,7 +47,13 @@ METRICS_FILE = "metrics.json"
 CHECKPOINTS = "checkpoints"
 PLOTS = {"history": "loss_accuracy.png", "filters": "filters.png",
          "feature_maps": "feature_maps.png", "confusion": "confusion_matrix.png"}
+BEST_FILE = "best.safetensors"
+CSV_FILE = "metrics.csv"
+TENSORBOARD_DIR = "tensorboard"
+EXPORTS = {"stablehlo": "model.stablehlo", "onnx": "model.onnx"}
+_TOP_LEVEL = {METRICS_FILE, BEST_FILE, CSV_FILE, *PLOTS.values(), *EXPORTS.values()}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_EVENTS_PREFIX = "events.out.tfevents."
 
 
 class RunDirectoryError(ValueError):
@@ -149,11 +159,21 @@ class RunFiles(NamedTuple):
 
 
 def _looks_like(path: str, name: str) -> bool:
-    """Whether the file at ``path``, named ``name``, looks like one jaxconv wrote."""
+    """Whether the file at ``path``, named ``name``, looks like one jaxconv wrote.
+
+    By content where the format says who wrote it (metrics, checkpoint, CSV,
+    PNG, event file); an exported model by its name alone.
+    """
     try:
         with open(path, "rb") as f:
             if name == METRICS_FILE:
                 return "config" in json.load(f)
+            if name == BEST_FILE:  # safetensors: an 8-byte header length, then the JSON header
+                return f.read(9)[8:] == b"{"
+            if name == CSV_FILE:
+                return f.read(6) == b"epoch,"
+            if name.startswith(_EVENTS_PREFIX) or name in EXPORTS.values():
+                return True
             return f.read(len(_PNG_SIGNATURE)) == _PNG_SIGNATURE
     except (OSError, ValueError, TypeError):
         return False
@@ -178,8 +198,12 @@ def run_files(directory: str) -> RunFiles:
     if not os.path.isdir(directory):
         return RunFiles([], [], [])
     entries = os.listdir(directory)
-    named = [e for e in entries if e == METRICS_FILE or e in PLOTS.values() or e.startswith(TMP_PREFIX)]
+    named = [e for e in entries if e in _TOP_LEVEL or e.startswith(TMP_PREFIX)]
     ours, unsure = _sort(named, directory)
+    events = os.path.join(directory, TENSORBOARD_DIR)
+    if os.path.isdir(events) and not os.path.islink(events):
+        more, doubtful = _sort(os.listdir(events), events)
+        ours, unsure = ours + more, unsure + [p for p in doubtful if not p.startswith(TMP_PREFIX)]
     checkpoint_dir = os.path.join(directory, CHECKPOINTS)
     checkpoints = list_checkpoints(checkpoint_dir) if os.path.isdir(checkpoint_dir) else []
     if os.path.isdir(checkpoint_dir):
@@ -234,6 +258,8 @@ def claim(directory: str, *, resume: bool, overwrite: bool, context: str) -> lis
     for path in files.ours:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+    with contextlib.suppress(OSError):  # only if it is now empty
+        os.rmdir(os.path.join(directory, TENSORBOARD_DIR))
     return files.ours
 
 

@@ -133,7 +133,26 @@ def test_claim_refuses_resumes_and_overwrites_only_jaxconvs_files(tmp_path):
     assert rundir.claim(str(run), resume=False, overwrite=False, context="--out") == []  # no run left
 
 
-@pytest.mark.parametrize("foreign", ["metrics.json", "filters.png", "checkpoints"])
+def test_overwrite_also_removes_the_recipe_and_export_files(tmp_path):
+    fake_run(tmp_path)
+    ckpt.save(str(tmp_path / rundir.BEST_FILE), {"w": np.arange(3.0)}, {"fit": {}})
+    (tmp_path / rundir.CSV_FILE).write_text("epoch,train_loss\n1,0.5\n")
+    (tmp_path / rundir.EXPORTS["stablehlo"]).write_bytes(b"serialized")
+    events = tmp_path / rundir.TENSORBOARD_DIR
+    events.mkdir()
+    (events / "events.out.tfevents.1.host").write_bytes(b"events")
+    (events / "my-notes.txt").write_text("mine")
+    with pytest.raises(rundir.RunDirectoryError, match="my-notes.txt does not look like a file jaxconv wrote"):
+        rundir.claim(str(tmp_path), resume=False, overwrite=True, context="--out")
+    (events / "my-notes.txt").unlink()
+    removed = rundir.claim(str(tmp_path), resume=False, overwrite=True, context="--out")
+    assert {os.path.relpath(p, tmp_path) for p in removed} >= {
+        "best.safetensors", "metrics.csv", "model.stablehlo", "tensorboard/events.out.tfevents.1.host"}
+    assert snapshot(tmp_path) == {} and not events.exists()
+
+
+@pytest.mark.parametrize("foreign", ["metrics.json", "filters.png", "checkpoints", "metrics.csv",
+                                     "best.safetensors"])
 def test_overwrite_refuses_when_a_jaxconv_name_is_not_jaxconvs_file(tmp_path, foreign):
     fake_run(tmp_path)
     target = tmp_path / foreign

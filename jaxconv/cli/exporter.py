@@ -8,9 +8,9 @@ import sys
 
 from jaxconv import export
 from jaxconv.cli.training import load_run
+from jaxconv.rundir import EXPORTS
 
 # --format -> the file written into the run directory.
-FORMATS = {"stablehlo": "model.stablehlo", "onnx": "model.onnx"}
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -28,7 +28,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     ts, config = run.train_state, run.config
     batch = args.batch if args.batch == "dynamic" else int(args.batch)
     input_shape = tuple(config["input_shape"])
-    path = os.path.join(args.out, FORMATS[args.format])
+    path = os.path.join(args.out, EXPORTS[args.format])
     if args.format == "onnx":
         export.save_onnx(export.onnx(run.model, ts.eval_params, ts.state, input_shape, batch=batch), path)
     else:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 
 from jaxconv import augment
-from jaxconv.cli.exporter import FORMATS, cmd_export
+from jaxconv.cli.exporter import cmd_export
 from jaxconv.cli.tools import cmd_bench, cmd_summary, cmd_verify
-from jaxconv.cli.training import BEST_FILE, CSV_FILE, DEFAULT_AUGMENT, TENSORBOARD_DIR, cmd_evaluate, cmd_train
+from jaxconv.cli.training import DEFAULT_AUGMENT, cmd_evaluate, cmd_train
 from jaxconv.models import MODELS
 from jaxconv.precision import POLICIES
 from jaxconv.recipes import OPTIMIZERS, SCHEDULES
-from jaxconv.rundir import check_output_dir
+from jaxconv.rundir import BEST_FILE, CSV_FILE, EXPORTS, TENSORBOARD_DIR, check_output_dir
 from jaxconv.train import MAX_SEED
 from jaxconv.validate import integer, number
 
@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export a trained run's model for inference "
                                            "(StableHLO for jax.export, or ONNX)")
     export.add_argument("--out", default="runs/latest", help="the run's output directory; the file goes there")
-    export.add_argument("--format", default="stablehlo", choices=list(FORMATS))
+    export.add_argument("--format", default="stablehlo", choices=list(EXPORTS))
     export.add_argument("--batch", default="dynamic", help="'dynamic' (any batch size) or a fixed int")
     export.add_argument("--platforms", default="cpu",
                         help="StableHLO: comma list of platforms to lower for (cpu, cuda, rocm, tpu)")

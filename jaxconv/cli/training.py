@@ -20,14 +20,12 @@ from jaxconv.data import Dataset, batches_per_epoch, load_dataset
 from jaxconv.losses import cross_entropy
 from jaxconv.models import get_model
 from jaxconv.recipes import make_optimizer
+from jaxconv.rundir import BEST_FILE, CSV_FILE, TENSORBOARD_DIR
 from jaxconv.train import NonFiniteLossError, TrainState, create_train_state, evaluate, fit, predict
 
 DEFAULT_AUGMENT = {"digits": "crop:1", "mnist": "crop:2", "fashion_mnist": "crop:2,flip",
                    "cifar10": "crop:4,flip"}
 # What the recipe options write into a run directory (--save-best, --csv, --tensorboard).
-BEST_FILE = "best.safetensors"
-CSV_FILE = "metrics.csv"
-TENSORBOARD_DIR = "tensorboard"
 
 
 def write_json_atomic(path: str, obj: Any) -> None:

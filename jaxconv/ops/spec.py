@@ -41,7 +41,7 @@ Padding = Any  # "SAME" | "SAME_LOWER" | "VALID" | int | Sequence[int] | Sequenc
 
 PADDING_STRINGS = ("SAME", "SAME_LOWER", "VALID")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-IMPLS = ("lax", "patches", "auto")
+IMPLS = ("lax", "patches", "pallas", "auto")
 CONV_OPS = ("conv", "conv_transpose")
 
 _KERNEL_LAYOUT = {"conv": "(*kernel_size, C_in // groups, C_out)",
