@@ -218,29 +218,42 @@ def _conv_rows(x, kernel, spec):
     return lax.slice_in_dim(y, 0, rows - (kh - 1) * dh, axis=1).astype(x.dtype)
 
 
+def _phase(xp, phase, strides):
+    """The elements of ``xp`` at ``phase`` modulo ``strides`` along each spatial axis."""
+    if all(s == 1 for s in strides):
+        return xp
+    return lax.slice(xp, (0, *phase, 0), xp.shape, (1, *strides, 1))
+
+
 def _depthwise_sum(xp, w, window, out, spec, weights_first):
     """``sum_{pos, c}`` of the slices of ``xp`` that position ``pos`` sees, times ``w[pos, c]``.
 
     ``xp`` is the padded input ``(N, *spatial, groups * cg)``, ``w`` the kernel as
     ``(prod(window), cg, groups, F // groups)``; the term of channel ``c`` of each
-    group multiplies ``xp[..., g, c]`` by ``w[pos, c, g, :]``. ``weights_first``
-    multiplies before slicing (the same values: XLA computes only what the slice
-    keeps), which makes JAX's transpose with respect to ``w`` a pad of the output
-    gradient times ``xp``, summed: ``xp`` is read in place rather than through a
-    strided copy per position.
+    group multiplies ``xp[..., g, c]`` by ``w[pos, c, g, :]``. With strides, ``xp``
+    is first split by position modulo the stride (one strided slice per phase the
+    kernel positions use), and each position reads its phase at stride 1.
+    ``weights_first`` multiplies before slicing (the same values: XLA computes only
+    what the slice keeps), which makes JAX's transpose with respect to ``w`` a pad
+    of the output gradient times the phase, summed: the phase is read in place
+    rather than through a copy per position.
     """
     _, cg, groups, fg = w.shape
-    frame = xp.shape[:-1]
-    view = xp.reshape(*frame, groups, cg)
-    terms = []
+    ones, phases, terms = (1,) * len(window), {}, []
     for tap, start in enumerate(_offsets(window, spec.rhs_dilation)):
+        phase = tuple(st % s for st, s in zip(start, spec.strides))
+        if phase not in phases:
+            view = _phase(xp, phase, spec.strides)
+            phases[phase] = view.reshape(*view.shape[:-1], groups, cg)
+        view, offset = phases[phase], tuple(st // s for st, s in zip(start, spec.strides))
+        frame = view.shape[:-2]
         for c in range(cg):
             channel = lax.slice_in_dim(view, c, c + 1, axis=-1)
             if weights_first:
-                term = _window_slice((channel * w[tap, c]).reshape(*frame, groups * fg), start,
-                                     out, spec.strides)
+                term = _window_slice((channel * w[tap, c]).reshape(*frame, groups * fg), offset,
+                                     out, ones)
             else:
-                seen = _window_slice(channel.reshape(*frame, groups), start, out, spec.strides)
+                seen = _window_slice(channel.reshape(*frame, groups), offset, out, ones)
                 term = (seen[..., None] * w[tap, c]).reshape(*seen.shape[:-1], groups * fg)
             terms.append(term)
     return functools.reduce(lax.add, terms)
