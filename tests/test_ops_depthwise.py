@@ -234,6 +234,17 @@ def test_depthwise_rule_and_auto():
                                 depthwise_form=True) == "lax"
 
 
+def test_cpu_rule_takes_depthwise_convolutions_only():
+    """Under the CPU rule: one input channel per group takes the depthwise form; two
+    take the full patch tensor (faster there); one group, the dense forms."""
+    spec = ConvSpec((1, 1), ((1, 1), (1, 1)), (1, 1), (1, 1), 4)
+    with mock.patch.dict(autotune.PATCH_DEPTHWISE,
+                         {jax.default_backend(): autotune.PATCH_DEPTHWISE["cpu"]}):
+        assert patches_form((2, 8, 8, 4), (3, 3, 1, 12), spec) == "depthwise"
+        assert patches_form((2, 8, 8, 8), (3, 3, 2, 12), spec) == "full"
+        assert patches_form((2, 8, 8, 1), (3, 3, 1, 12), spec._replace(groups=1)) != "depthwise"
+
+
 def test_auto_asks_with_the_depthwise_rule_of_the_backend(monkeypatch):
     asked = []
     monkeypatch.setattr(autotune, "choose_impl", lambda *a, **k: asked.append(k) or "lax")
