@@ -12,8 +12,16 @@ import numpy as np
 import pytest
 
 from jaxconv import data
-from jaxconv.data import arrays
-from jaxconv.data import IDX_FILES, augmentation, epoch_batches, load_dataset, parse_augment, random_crop, random_flip
+from jaxconv.data import (
+    IDX_FILES,
+    arrays,
+    augmentation,
+    epoch_batches,
+    load_dataset,
+    parse_augment,
+    random_crop,
+    random_flip,
+)
 
 RNG = np.random.default_rng(0)
 
