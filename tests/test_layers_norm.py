@@ -1,4 +1,5 @@
-"""BatchNorm (both modes, running statistics over several steps), LayerNorm and GroupNorm."""
+"""BatchNorm (both modes, running statistics over several steps, PyTorch's options), LayerNorm,
+GroupNorm and InstanceNorm: references, state layouts, the layer contract, errors."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.torch_ref import import_torch
 import jaxconv as jc
+from jaxconv.layers.norm import InstanceNorm
 from tests.contract import check_layer_contract
+from tests.torch_ref import import_torch
 
 
 def rand(shape, seed=0, scale=1.0, shift=0.0):
@@ -226,3 +228,100 @@ def test_batch_norm_bf16_output_is_float32_math_rounded_once():
     ref = (x64 - 20.0) / np.sqrt(4.0 + 1e-5) * [1.0, 2.0, 0.5] + [0.0, 1.0, -1.0]
     err = np.abs(np.asarray(y_eval, np.float64).reshape(-1, 3) - ref)
     assert np.all(err <= 2.0 ** -8 * np.abs(ref) + 2e-3), float(err.max())
+
+
+# --------------------------------------------------------------------------
+# PyTorch's options: momentum=None, track_running_stats=False; InstanceNorm. Their values
+# against PyTorch are in test_layers_norm_torch.py; here: state layout, contract, errors.
+
+
+def test_batch_norm_state_layout_per_option():
+    def state_of(layer):
+        _, _, state = layer.init(jax.random.PRNGKey(0), (-1, 4, 3))
+        return jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), state)
+
+    assert state_of(jc.BatchNorm()) == {"mean": ((3,), jnp.float32), "var": ((3,), jnp.float32)}
+    assert state_of(jc.BatchNorm(momentum=None)) == {
+        "mean": ((3,), jnp.float32), "var": ((3,), jnp.float32),
+        "num_batches_tracked": ((), jnp.int32)}
+    assert state_of(jc.BatchNorm(track_running_stats=False)) == {}
+    assert state_of(InstanceNorm()) == {}
+    assert state_of(InstanceNorm(track_running_stats=True)) == state_of(jc.BatchNorm())
+
+
+def test_batch_norm_cumulative_average_equals_the_mean_of_the_batches():
+    # momentum=None: after n batches the running mean is the plain mean of their means.
+    layer = jc.BatchNorm(momentum=None, use_scale=False, use_bias=False)
+    _, params, state = layer.init(None, (-1, 3))
+    xs = [rand((6, 3), seed=i, shift=3.0 * i) for i in range(4)]
+    step = jax.jit(lambda s, x: layer.apply(params, s, x, train=True))
+    for x in xs:
+        _, state = step(state, x)
+    assert int(state["num_batches_tracked"]) == 4
+    means = np.mean([x.astype(np.float64).mean(0) for x in xs], axis=0)
+    np.testing.assert_allclose(state["mean"], means, rtol=1e-5, atol=1e-6)
+    variances = np.mean([x.astype(np.float64).var(0, ddof=1) for x in xs], axis=0)
+    np.testing.assert_allclose(state["var"], variances, rtol=1e-5)
+    # Inference and an empty training batch leave the counter as it is.
+    _, same = layer.apply(params, state, xs[0])
+    _, empty = layer.apply(params, state, xs[0][:0], train=True)
+    assert same is state and empty is state
+
+
+def test_batch_norm_options_contract():
+    # The shape of test_batch_norm_contract_both_modes: its compiled operations are reused.
+    check_layer_contract(jc.BatchNorm(momentum=None), (-1, 4, 4, 3), train=True, check_vmap=False)
+    # Without running statistics, inference normalises with the batch's own statistics.
+    layer = jc.BatchNorm(track_running_stats=False, use_scale=False, use_bias=False)
+    _, _, x, y = check_layer_contract(layer, (-1, 4, 4, 3), train=False)
+    y_train, state = layer.apply({}, {}, x, train=True)
+    np.testing.assert_array_equal(y, y_train)
+    assert state == {}
+    with pytest.raises(ValueError, match="BatchNorm: normalising with track_running_stats=False "
+                                         "needs more than 1 value per channel"):
+        layer.apply({}, {}, np.ones((1, 1, 1, 3)))
+
+
+def test_instance_norm_contract_and_reference():
+    layer = InstanceNorm(affine=True, track_running_stats=True)
+    params, state, x, y = check_layer_contract(layer, (-1, 4, 4, 3), train=True)
+    assert set(params) == {"scale", "bias"} and set(state) == {"mean", "var"}
+    x64 = np.asarray(x, np.float64)
+    mean, var = x64.mean((1, 2), keepdims=True), x64.var((1, 2), keepdims=True)
+    np.testing.assert_allclose(y, (x64 - mean) / np.sqrt(var + 1e-5), rtol=1e-5, atol=1e-5)
+
+
+def test_instance_norm_errors():
+    with pytest.raises(ValueError, match="InstanceNorm: momentum must be a number >= 0 and <= 1, "
+                                         "got None"):
+        InstanceNorm(momentum=None)
+    with pytest.raises(ValueError, match="InstanceNorm: affine must be True or False, got 1"):
+        InstanceNorm(affine=1)
+    with pytest.raises(ValueError, match="InstanceNorm: epsilon must be a number > 0, got 0"):
+        InstanceNorm(epsilon=0)
+    with pytest.raises(ValueError, match="BatchNorm: track_running_stats must be True or False"):
+        jc.BatchNorm(track_running_stats=None)
+    with pytest.raises(ValueError, match=r"InstanceNorm: expected input of rank 3\.\.5 "
+                                         r"\(N, \*spatial, C\), got shape \(-1, 4\)"):
+        InstanceNorm().init(None, (-1, 4))
+    layer = InstanceNorm(affine=True)
+    _, params, state = layer.init(jax.random.PRNGKey(0), (-1, 4, 3))
+    with pytest.raises(ValueError, match=r"InstanceNorm: expected input of shape "
+                                         r"\(N, \*spatial, 3\) with 1 to 3 spatial axes, "
+                                         r"got \(2, 4, 2\)"):
+        layer.apply(params, state, np.ones((2, 4, 2)))
+    with pytest.raises(ValueError, match=r"got \(2, 1, 1, 1, 1, 3\)"):
+        layer.apply(params, state, np.ones((2, 1, 1, 1, 1, 3)))
+
+
+@pytest.mark.parametrize("name, layer", [
+    ("BatchNorm", jc.BatchNorm()), ("BatchNorm", jc.BatchNorm(track_running_stats=False)),
+    ("LayerNorm", jc.LayerNorm()), ("GroupNorm", jc.GroupNorm(1)),
+    ("InstanceNorm", InstanceNorm(track_running_stats=True)),
+])
+def test_complex_input_is_refused_by_name(name, layer):
+    _, params, state = layer.init(jax.random.PRNGKey(0), (-1, 4, 2))
+    x = (rand((2, 4, 2)) + 1j).astype(np.complex64)
+    for train in (False, True):
+        with pytest.raises(TypeError, match=f"{name}: expected a real input, got dtype complex64"):
+            layer.apply(params, state, x, train=train)

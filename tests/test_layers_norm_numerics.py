@@ -1,4 +1,4 @@
-"""Numerics of BatchNorm, LayerNorm and GroupNorm statistics.
+"""Numerics of BatchNorm, LayerNorm, GroupNorm and InstanceNorm statistics.
 
 Large offsets (``c + N(0, 1)``, ``|c|`` up to ``1e4``) in float32, inputs whose
 squares overflow float32 (``|x|`` about ``1e19`` and up to the largest
@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 import jaxconv as jc
+from jaxconv.layers.norm import InstanceNorm
 
-SHAPE = (32, 6, 6, 4)  # 1152 values per channel; 144 per example and group of 2 channels
+SHAPE = (32, 6, 6, 4)  # 1152 values per channel; 144 per example and group of 2 channels; 36 per
+# example and channel
 F32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -36,6 +38,8 @@ def normalized_groups(y, layer_name):
         return y.reshape(-1, y.shape[-1]).T  # one row per channel
     if layer_name == "LayerNorm":
         return y.reshape(y.shape[0], -1)  # one row per example
+    if layer_name == "InstanceNorm":  # one row per (example, channel)
+        return np.moveaxis(y, -1, 1).reshape(y.shape[0] * y.shape[-1], -1)
     n, *spatial, c = y.shape  # GroupNorm(2): one row per (example, group)
     return y.reshape(n, -1, 2, c // 2).transpose(0, 2, 1, 3).reshape(n * 2, -1)
 
@@ -58,6 +62,7 @@ LAYERS = {
     "BatchNorm": lambda: jc.BatchNorm(),
     "LayerNorm": lambda: jc.LayerNorm((1, 2, 3)),
     "GroupNorm": lambda: jc.GroupNorm(2),
+    "InstanceNorm": lambda: InstanceNorm(),
 }
 
 
@@ -157,7 +162,8 @@ def test_bfloat16_input_accumulates_in_float32(name):
     # by several units; float32 accumulation gets the statistics of the bfloat16 values right.
     layer = {"BatchNorm": jc.BatchNorm(dtype=jnp.bfloat16),
              "LayerNorm": jc.LayerNorm((1, 2, 3), dtype=jnp.bfloat16),
-             "GroupNorm": jc.GroupNorm(2, dtype=jnp.bfloat16)}[name]
+             "GroupNorm": jc.GroupNorm(2, dtype=jnp.bfloat16),
+             "InstanceNorm": InstanceNorm(dtype=jnp.bfloat16)}[name]
     x = jnp.asarray(100 + normal(SHAPE, seed=6), jnp.bfloat16)
     y, state = apply(layer, x)
     assert y.dtype == jnp.bfloat16
@@ -183,6 +189,8 @@ def reference_float64(name, x, eps=1e-5):
         return ref.T.reshape(x.shape)
     if name == "LayerNorm":
         return ref.reshape(x.shape)
+    if name == "InstanceNorm":
+        return np.moveaxis(ref.reshape(x.shape[0], x.shape[-1], *x.shape[1:-1]), 1, -1)
     n, *spatial, c = x.shape
     return ref.reshape(n, 2, -1, c // 2).transpose(0, 2, 1, 3).reshape(x.shape)
 
