@@ -248,7 +248,8 @@ def test_cpu_rule_takes_depthwise_convolutions_only():
 def test_auto_asks_with_the_depthwise_rule_of_the_backend(monkeypatch):
     asked = []
     monkeypatch.setattr(autotune, "choose_impl", lambda *a, **k: asked.append(k) or "lax")
-    with mock.patch.dict(autotune.PATCH_DEPTHWISE, {jax.default_backend(): autotune.DepthwiseRule(1)}):
+    one = {jax.default_backend(): autotune.DepthwiseRule(1)}
+    with mock.patch.dict(autotune.PATCH_DEPTHWISE, one):
         conv(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 1, 8)), groups=4, impl="auto")
         conv(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 2, 8)), groups=2, impl="auto")
         conv_transpose(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 2, 4)), groups=4, impl="auto")

@@ -17,9 +17,10 @@ To refine the table from new measurements, edit :data:`TABLE` (more specific
 rules first); nothing else needs to change.
 
 This module's tables (:data:`TABLE`, :data:`PATCH_CHUNK_BYTES`,
-:data:`PATCH_ROWS`, :data:`PATCH_DEPTHWISE`) are read when a convolution is traced. A function that
-``jax.jit`` has already traced keeps the choices it was traced with: change
-them before its first call, or call ``jax.clear_caches()``.
+:data:`PATCH_ROWS`, :data:`PATCH_DEPTHWISE`) are read when a convolution is
+traced. A function that ``jax.jit`` has already traced keeps the choices it
+was traced with: change them before its first call, or call
+``jax.clear_caches()``.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ import jax
 
 TABLE: list[dict[str, str]] = [
     {"backend": "cpu", "op": "*", "shape": "depthwise_form", "impl": "patches",
-     "note": "benchmarks/cpu.py, section depthwise: the depthwise form beats XLA:CPU's "
-             "grouped convolution in fwd+bwd, conv and conv_transpose"},
+     "note": "RESULTS.md cpu, table depthwise (benchmarks/cpu.py --sections depthwise): "
+             "the depthwise form beats XLA:CPU's grouped convolution in fwd+bwd, conv "
+             "and conv_transpose"},
     {"backend": "cpu", "op": "*", "shape": "rows", "impl": "patches",
      "note": "RESULTS.md cpu, table rows: the row-shift form beats lax in fwd+bwd on every "
              "layer measured"},
@@ -132,7 +134,7 @@ class DepthwiseRule(NamedTuple):
 
 
 # Per backend; no entry: never (the full patch tensor, a matmul batched over the groups).
-# CPU (benchmarks/cpu.py, section depthwise): depthwise convolutions only; with 2 to 8
+# CPU (RESULTS.md cpu, table depthwise): depthwise convolutions only; with 2 to 8
 # channels per group the full patch tensor's batched matmul was faster.
 PATCH_DEPTHWISE: dict[str, DepthwiseRule] = {
     "cpu": DepthwiseRule(max_group_channels=1),

@@ -308,7 +308,7 @@ FORMS = {"full": _conv_general, "rows": _conv_rows, "depthwise": _conv_depthwise
 
 
 def _conv_in_batch_chunks(x, kernel, spec, chunk, form):
-    """The convolution in ``form`` (a key of ``FORMS``) over the batch in chunks of ``chunk`` images.
+    """The convolution in ``form`` (a key of ``FORMS``) over the batch, ``chunk`` images at a time.
 
     Each chunk is rematerialised in the backward pass (``jax.checkpoint``), so
     only one chunk's patch tensor is alive at a time, forward or backward:
