@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from jaxconv import augment
+from jaxconv.checkpoint import latest_checkpoint
+from jaxconv.cli.converter import cmd_convert
 from jaxconv.cli.exporter import cmd_export
 from jaxconv.cli.tools import cmd_bench, cmd_summary, cmd_verify
 from jaxconv.cli.training import DEFAULT_AUGMENT, cmd_evaluate, cmd_train
@@ -13,7 +16,9 @@ from jaxconv.precision import POLICIES
 from jaxconv.recipes import OPTIMIZERS, SCHEDULES
 from jaxconv.rundir import BEST_FILE, CSV_FILE, EXPORTS, TENSORBOARD_DIR, check_output_dir
 from jaxconv.train import MAX_SEED
-from jaxconv.validate import integer, number
+from jaxconv.validate import int_tuple, integer, number
+
+DATASETS = ["digits", "mnist", "fashion_mnist", "cifar10"]
 
 # The int options of each command: (dest, minimum, maximum); None means "not given" and is not checked.
 INT_OPTIONS = {
@@ -22,6 +27,7 @@ INT_OPTIONS = {
               ("keep", 1, None), ("devices", 1, None), ("num_processes", 1, None), ("process_id", 0, None),
               ("early_stopping", 1, None)),
     "summary": (("num_classes", 1, None),),
+    "convert": (("num_classes", 1, None),),
     "verify": (("cases", 1, None), ("seed", 0, MAX_SEED)),
     "bench": (("rounds", 1, None),),
 }
@@ -74,6 +80,23 @@ def _check_train_args(args: argparse.Namespace) -> None:
     if args.process_id is not None and args.num_processes is not None:  # one of --num-processes P
         integer(args.process_id, "--process-id", context=context, minimum=0, maximum=args.num_processes - 1)
     _check_recipe_args(args, context)
+    if args.init_from is not None and latest_checkpoint(os.path.join(args.init_from, "checkpoints")) is None:
+        raise ValueError(f"{context}: --init-from {args.init_from} holds no run checkpoint "
+                         "(a directory written by `jaxconv train` or `jaxconv convert`)")
+    check_output_dir(args.out, context=f"{context}: --out")
+
+
+def _check_convert_args(args: argparse.Namespace) -> None:
+    """``jaxconv convert``: the weights file, ``--input-shape`` (parsed in place) and ``--out``."""
+    context = "jaxconv convert"
+    if not os.path.isfile(args.torch):
+        raise ValueError(f"{context}: --torch {args.torch} is not a file")
+    if args.input_shape is not None:
+        try:
+            dims = [int(d) for d in args.input_shape.split(",")]
+        except ValueError:
+            dims = args.input_shape
+        args.input_shape = int_tuple(dims, "--input-shape", context=context, length=3, minimum=1)
     check_output_dir(args.out, context=f"{context}: --out")
 
 
@@ -91,6 +114,8 @@ def check_args(args: argparse.Namespace) -> None:
             integer(value, flag, context=context, minimum=minimum, maximum=maximum)
     if args.command == "train":
         _check_train_args(args)
+    if args.command == "convert":
+        _check_convert_args(args)
     if args.command == "export" and args.batch != "dynamic" and not (args.batch.isdigit() and int(args.batch) >= 1):
         raise ValueError(f"{context}: --batch must be 'dynamic' or an int >= 1, got {args.batch!r}")
 
@@ -102,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a model (default: digits_cnn on digits)")
-    train.add_argument("--dataset", default="digits", choices=["digits", "mnist", "fashion_mnist", "cifar10"])
+    train.add_argument("--dataset", default="digits", choices=DATASETS)
     train.add_argument("--data-dir", default=None,
                        help="directory with the data set files (default $JAXCONV_DATA or ./data)")
     train.add_argument("--model", default="digits_cnn", choices=sorted(MODELS))
@@ -135,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(with the options it was started with)")
     owner.add_argument("--overwrite", action="store_true",
                        help="replace the run in --out: delete the files jaxconv wrote there first")
+    train.add_argument("--init-from", default=None, metavar="DIR",
+                       help="start from the weights of the run in DIR (e.g. `jaxconv convert`'s); layers "
+                            "whose shape differs, such as a head for other classes, start fresh")
     recipe = train.add_argument_group("recipe", "training options beyond the optimizer")
     recipe.add_argument("--warmup-steps", default="0", metavar="W",
                         help="linear learning-rate warmup before the schedule: W steps, or a fraction of "
@@ -189,6 +217,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", default="latest", choices=["latest", "best"],
                         help=f"the newest checkpoint, or OUT/{BEST_FILE} (--save-best)")
     export.set_defaults(func=cmd_export)
+
+    conv = sub.add_parser("convert", help="PyTorch weights (torchvision's layout) into a run directory")
+    conv.add_argument("--model", required=True, choices=sorted(MODELS))
+    conv.add_argument("--torch", required=True, metavar="FILE",
+                      help="a state dict: .safetensors, or .pt/.pth (read with torch.load(weights_only=True))")
+    conv.add_argument("--out", required=True, help="the run directory to write (it belongs to one run)")
+    conv.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    conv.add_argument("--num-classes", type=int, default=1000, help="classes of the weights' head")
+    conv.add_argument("--input-shape", default=None, help="H,W,C (default: the model's, e.g. 224,224,3)")
+    conv.add_argument("--dataset", default=None, choices=DATASETS,
+                      help="the data set `jaxconv evaluate` scores the run on (its classes must match)")
+    conv.set_defaults(func=cmd_convert)
 
     summ = sub.add_parser("summary", help="print a model's layers, shapes, parameter counts "
                                           "and multiply-adds")

@@ -16,6 +16,7 @@ import jax
 from jaxconv import augment, distributed, rundir, viz
 from jaxconv import checkpoint as ckpt
 from jaxconv.callbacks import BestCheckpoint, CSVLogger, EarlyStopping, TensorBoard
+from jaxconv.convert import transfer
 from jaxconv.data import Dataset, batches_per_epoch, load_dataset
 from jaxconv.losses import cross_entropy
 from jaxconv.models import get_model
@@ -23,6 +24,8 @@ from jaxconv.recipes import make_optimizer
 from jaxconv.rundir import BEST_FILE, CSV_FILE, TENSORBOARD_DIR
 from jaxconv.train import NonFiniteLossError, TrainState, create_train_state, evaluate, fit, predict
 
+#: The data set of a converted run that has none (``jaxconv convert`` without ``--dataset``).
+NO_DATASET = "none"
 DEFAULT_AUGMENT = {"digits": "crop:1", "mnist": "crop:2", "fashion_mnist": "crop:2,flip",
                    "cifar10": "crop:4,flip"}
 # What the recipe options write into a run directory (--save-best, --csv, --tensorboard).
@@ -182,6 +185,35 @@ def _write_outputs(args: argparse.Namespace, config: dict, model, state, history
             print(f"wrote {path}")
 
 
+def init_from(run_dir: str, config: dict[str, Any], model, optimizer) -> tuple[TrainState, list[str]]:
+    """The train state ``fit`` would start from, with every weight the run in ``run_dir`` has for it.
+
+    Params and layer state are taken where path and shape match
+    (``jaxconv.convert.transfer``); the others, e.g. a classifier head for
+    another number of classes, keep their fresh initialisation, whose key is
+    the one ``fit`` would use for the run's seed. Returns the state and the
+    paths of the params that kept their initialisation.
+    """
+    source = load_run(run_dir).train_state
+    init_key = jax.random.split(jax.random.PRNGKey(config["seed"]))[0]
+    ts = create_train_state(model, init_key, tuple(config["input_shape"]), optimizer,
+                            ema=bool(config["ema"]), policy=config["precision"])
+    params, kept = transfer(source.params, ts.params)
+    state, _ = transfer(source.state, ts.state)
+    ts = ts._replace(params=params, state=state, opt_state=optimizer.init(params),
+                     ema=None if ts.ema is None else params)
+    return ts, kept
+
+
+def _initial_state(args: argparse.Namespace, config: dict, model, optimizer, say) -> TrainState | None:
+    """``--init-from DIR``: the weights of the run in DIR (``None``: ``fit`` initialises)."""
+    if not args.init_from:
+        return None
+    ts, kept = init_from(args.init_from, config, model, optimizer)
+    say(f"--init-from {args.init_from}: every weight but {', '.join(kept) or 'none'} (fresh)")
+    return ts
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     mesh = setup_devices(args)
     say = print if distributed.is_primary() else (lambda *a, **k: None)
@@ -196,8 +228,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.resume:
             check_resume_config(checkpoint_dir, config)
         augment_fn, mix = augment.build(config["augment"], data.num_classes)
+        start = _initial_state(args, config, model, optimizer, say)
         try:
             state, history = fit(model, optimizer, data.train, test=data.test, epochs=config["epochs"],
+                                 train_state=start,
                                  batch_size=args.batch_size, loss_fn=loss_fn, seed=args.seed,
                                  steps_per_call=args.steps_per_call, microbatches=args.microbatches,
                                  progress=not args.no_progress, augment=augment_fn, mix=mix,
@@ -255,6 +289,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"jaxconv evaluate: {e}", file=sys.stderr)
         return 1
     config, ts = run.config, run.train_state
+    if config["dataset"] == NO_DATASET:
+        print(f"jaxconv evaluate: {run.path} holds converted weights with no data set to evaluate on "
+              "(give `jaxconv convert` a --dataset)", file=sys.stderr)
+        return 1
     data = load_dataset(config["dataset"], args.data_dir)
     result = evaluate(run.model, ts.eval_params, ts.state, data.test, loss_fn=run.loss_fn,
                       policy=config.get("precision", "f32"))
