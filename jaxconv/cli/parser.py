@@ -9,8 +9,9 @@ from jaxconv import augment
 from jaxconv.checkpoint import latest_checkpoint
 from jaxconv.cli.converter import cmd_convert
 from jaxconv.cli.exporter import cmd_export
+from jaxconv.cli.predict import cmd_predict
 from jaxconv.cli.tools import cmd_bench, cmd_summary, cmd_verify
-from jaxconv.cli.training import DEFAULT_AUGMENT, cmd_evaluate, cmd_train
+from jaxconv.cli.training import DEFAULT_AUGMENT, FOLDER_DATASET, cmd_evaluate, cmd_train
 from jaxconv.models import MODELS
 from jaxconv.precision import POLICIES
 from jaxconv.recipes import OPTIMIZERS, SCHEDULES
@@ -25,7 +26,8 @@ INT_OPTIONS = {
     "train": (("epochs", 1, None), ("batch_size", 1, None), ("seed", 0, MAX_SEED),
               ("steps_per_call", 1, None), ("microbatches", 1, None), ("checkpoint_every", 1, None),
               ("keep", 1, None), ("devices", 1, None), ("num_processes", 1, None), ("process_id", 0, None),
-              ("early_stopping", 1, None)),
+              ("early_stopping", 1, None), ("workers", 0, None)),
+    "predict": (("top_k", 1, None), ("batch_size", 1, None)),
     "summary": (("num_classes", 1, None),),
     "convert": (("num_classes", 1, None),),
     "verify": (("cases", 1, None), ("seed", 0, MAX_SEED)),
@@ -60,7 +62,7 @@ def _check_recipe_args(args: argparse.Namespace, context: str) -> None:
     if args.ema is not None:
         number(args.ema, "--ema", context=context, minimum=0, maximum=1, exclusive_minimum=True,
                exclusive_maximum=True)
-    spec = DEFAULT_AUGMENT[args.dataset] if args.augment == "auto" else args.augment
+    spec = DEFAULT_AUGMENT[FOLDER_DATASET if args.data else args.dataset] if args.augment == "auto" else args.augment
     try:
         augment.parse(spec)
     except ValueError as e:
@@ -80,10 +82,31 @@ def _check_train_args(args: argparse.Namespace) -> None:
     if args.process_id is not None and args.num_processes is not None:  # one of --num-processes P
         integer(args.process_id, "--process-id", context=context, minimum=0, maximum=args.num_processes - 1)
     _check_recipe_args(args, context)
+    _check_folder_args(args, context)
     if args.init_from is not None and latest_checkpoint(os.path.join(args.init_from, "checkpoints")) is None:
         raise ValueError(f"{context}: --init-from {args.init_from} holds no run checkpoint "
                          "(a directory written by `jaxconv train` or `jaxconv convert`)")
     check_output_dir(args.out, context=f"{context}: --out")
+
+
+def _check_folder_args(args: argparse.Namespace, context: str) -> None:
+    """``--data DIR`` (a folder) needs ``--image-size`` (parsed in place: ``S`` or ``H,W``)."""
+    if args.data is None:
+        for flag, value in (("--image-size", args.image_size), ("--workers", args.workers or None),
+                            ("--host-augment", args.host_augment or None)):
+            if value is not None:
+                raise ValueError(f"{context}: {flag} applies to an image folder (--data DIR) only")
+        return
+    if not os.path.isdir(args.data):
+        raise ValueError(f"{context}: --data {args.data} is not a folder")
+    if args.image_size is None:
+        raise ValueError(f"{context}: --data needs --image-size S (or H,W): the size every image is resized to")
+    try:
+        dims = [int(d) for d in args.image_size.split(",")]
+    except ValueError:
+        dims = args.image_size
+    dims = dims * 2 if isinstance(dims, list) and len(dims) == 1 else dims
+    args.image_size = int_tuple(dims, "--image-size", context=context, length=2, minimum=1)
 
 
 def _check_convert_args(args: argparse.Namespace) -> None:
@@ -130,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", default="digits", choices=DATASETS)
     train.add_argument("--data-dir", default=None,
                        help="directory with the data set files (default $JAXCONV_DATA or ./data)")
+    train.add_argument("--data", default=None, metavar="DIR",
+                       help="train on an image folder (DIR/<class>/<image>, or DIR/train and DIR/val) "
+                            "read from disk, instead of --dataset")
     train.add_argument("--model", default="digits_cnn", choices=sorted(MODELS))
     train.add_argument("--optimizer", default="adamw", choices=list(OPTIMIZERS))
     train.add_argument("--lr", type=float, default=3e-3, help="(peak) learning rate, > 0")
@@ -185,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--csv", action="store_true", help=f"write the history to OUT/{CSV_FILE}")
     recipe.add_argument("--tensorboard", action="store_true",
                         help=f"write TensorBoard event files to OUT/{TENSORBOARD_DIR}/ (needs tensorboardX)")
+    folder = train.add_argument_group("image folders", "options of --data DIR")
+    folder.add_argument("--image-size", default=None, metavar="S",
+                        help="the size every image is resized to: S or H,W (required with --data)")
+    folder.add_argument("--channels", type=int, default=3, choices=[1, 3], help="3 (RGB, default) or 1 (grey)")
+    folder.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="loader worker processes (default 0: read in this process)")
+    folder.add_argument("--host-augment", action="store_true",
+                        help="random resized crop and flip on the host, per image (data.Augment())")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
     scale = train.add_argument_group(
@@ -202,10 +236,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="let JAX detect the cluster (Cloud TPU pod slice, SLURM, Open MPI, Kubernetes)")
     train.set_defaults(func=cmd_train)
 
-    evaluate = sub.add_parser("evaluate", help="reload a training run and report its test accuracy")
+    evaluate = sub.add_parser("evaluate", help="reload a training run and report its test accuracy "
+                                               "(an image folder run: its validation split)")
     evaluate.add_argument("--out", default="runs/latest", help="the run's output directory")
     evaluate.add_argument("--data-dir", default=None, help="directory with the data set files")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    pred = sub.add_parser("predict", help="classify image files with a run trained on an image folder")
+    pred.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders (searched recursively)")
+    pred.add_argument("--out", default="runs/latest", help="the run's output directory")
+    pred.add_argument("--top-k", type=int, default=5, help="classes shown per image (default 5)")
+    pred.add_argument("--csv", default=None, metavar="PATH",
+                      help="the CSV written for folder inputs (default OUT/predictions.csv)")
+    pred.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    pred.set_defaults(func=cmd_predict)
 
     export = sub.add_parser("export", help="export a trained run's model for inference "
                                            "(StableHLO for jax.export, or ONNX)")

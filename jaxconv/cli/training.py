@@ -1,4 +1,10 @@
-"""``jaxconv train`` and ``jaxconv evaluate`` (and the loading of a run that ``jaxconv export`` shares)."""
+"""``jaxconv train`` and ``jaxconv evaluate`` (and the loading of a run that ``jaxconv export`` shares).
+
+A run trains on a data set held in memory (``--dataset``) or on an image folder
+read from disk (``--data DIR``, a ``jaxconv.data.Loader``); a folder run keeps
+the folder's classes and preprocessing in its config (``config["folder"]``),
+which ``jaxconv predict`` reads.
+"""
 
 from __future__ import annotations
 
@@ -17,17 +23,73 @@ from jaxconv import augment, distributed, rundir, viz
 from jaxconv import checkpoint as ckpt
 from jaxconv.callbacks import BestCheckpoint, CSVLogger, EarlyStopping, TensorBoard
 from jaxconv.convert import transfer
-from jaxconv.data import Dataset, batches_per_epoch, load_dataset
+from jaxconv.data import Augment, Loader, batches_per_epoch, image_folder, load_dataset
 from jaxconv.losses import cross_entropy
 from jaxconv.models import get_model
 from jaxconv.recipes import make_optimizer
 from jaxconv.rundir import BEST_FILE, CSV_FILE, TENSORBOARD_DIR
-from jaxconv.train import NonFiniteLossError, TrainState, create_train_state, evaluate, fit, predict
+from jaxconv.train import NonFiniteLossError, TrainState, create_train_state, evaluate, fit, make_eval_step, predict
+from jaxconv.train.streams import evaluate_loader
 
 #: The data set of a converted run that has none (``jaxconv convert`` without ``--dataset``).
 NO_DATASET = "none"
+#: The ``dataset`` of a run trained on an image folder (``--data DIR``).
+FOLDER_DATASET = "folder"
 DEFAULT_AUGMENT = {"digits": "crop:1", "mnist": "crop:2", "fashion_mnist": "crop:2,flip",
-                   "cifar10": "crop:4,flip"}
+                   "cifar10": "crop:4,flip", FOLDER_DATASET: "none"}
+#: The batch size of ``jaxconv evaluate`` on an image folder's validation split.
+EVAL_BATCH = 256
+
+
+class TrainingData(NamedTuple):
+    """What ``jaxconv train`` trains on: arrays in memory, or an image folder's ``Loader``s.
+
+    Attributes:
+      name: the data set (``FOLDER_DATASET`` for a folder).
+      train, test: ``Split``s, or ``Loader``s (``test`` is ``None`` for a folder without a validation split).
+      n_train, n_test: their sizes.
+      folder: the ``ImageFolder`` (``None`` in memory).
+    """
+
+    name: str
+    num_classes: int
+    input_shape: tuple[int, ...]
+    train: Any
+    test: Any
+    n_train: int
+    n_test: int
+    folder: Any = None
+
+
+def folder_loaders(folder: Any, *, batch_size: int, seed: int, workers: int) -> tuple[Any, Any]:
+    """The training ``Loader`` of an ``ImageFolder`` and its validation ``Loader`` (``None`` without one)."""
+    train = Loader(folder.train, batch_size=batch_size, seed=seed, workers=workers)
+    val = None if folder.val is None else Loader(folder.val, batch_size=batch_size, shuffle=False,
+                                                      drop_remainder=False, workers=workers)
+    return train, val
+
+
+def open_folder(path: str, config: dict, *, augment: Any = None) -> Any:
+    """The ``ImageFolder`` of a folder run's config (its size and channels); the classes must match."""
+    folder = image_folder(path, image_size=tuple(config["image_size"]), channels=config["channels"],
+                               augment=augment)
+    if list(folder.classes) != config["folder"]["classes"]:
+        raise ValueError(f"{path} has the classes {list(folder.classes)}, the run was trained on "
+                         f"{config['folder']['classes']}")
+    return folder
+
+
+def load_training_data(args: argparse.Namespace) -> TrainingData:
+    """``--dataset`` in memory, or the image folder ``--data`` (``--host-augment``: ``Augment()``)."""
+    if args.data is None:
+        ds = load_dataset(args.dataset, args.data_dir)
+        return TrainingData(ds.name, ds.num_classes, ds.input_shape, ds.train, ds.test, len(ds.train.labels),
+                            len(ds.test.labels))
+    folder = image_folder(args.data, image_size=args.image_size, channels=args.channels,
+                               augment=Augment() if args.host_augment else None)
+    train, val = folder_loaders(folder, batch_size=args.batch_size, seed=args.seed, workers=args.workers)
+    return TrainingData(FOLDER_DATASET, folder.num_classes, tuple(folder.input_shape), train, val,
+                        len(folder.train), 0 if val is None else len(folder.val), folder)
 # What the recipe options write into a run directory (--save-best, --csv, --tensorboard).
 
 
@@ -50,10 +112,14 @@ def build_run(config: dict, *, impl: str | None = None) -> tuple[Any, Any, Any]:
     return model, optimizer, loss_fn
 
 
-def run_config(args: argparse.Namespace, data: Dataset) -> dict:
-    """The options of a training run, as stored in its checkpoints and ``metrics.json``."""
+def run_config(args: argparse.Namespace, data: TrainingData) -> dict:
+    """The options of a training run, as stored in its checkpoints and ``metrics.json``.
+
+    A folder run adds the folder (``data``), ``image_size``, ``channels``,
+    ``host_augment`` and ``folder`` (its classes and preprocessing).
+    """
     epochs = args.epochs if args.epochs is not None else (30 if data.name == "digits" else 10)
-    return {
+    config = {
         "dataset": data.name, "model": args.model, "num_classes": data.num_classes,
         "input_shape": list(data.input_shape), "optimizer": args.optimizer, "lr": args.lr,
         "schedule": args.schedule, "weight_decay": args.weight_decay,
@@ -62,10 +128,14 @@ def run_config(args: argparse.Namespace, data: Dataset) -> dict:
         "epochs": epochs, "batch_size": args.batch_size, "seed": args.seed, "impl": args.impl,
         "steps_per_call": args.steps_per_call, "microbatches": args.microbatches,
         "total_steps": epochs * args.steps_per_call * batches_per_epoch(
-            len(data.train.labels), args.batch_size, args.steps_per_call),
+            data.n_train, args.batch_size, args.steps_per_call),
         "warmup_steps": args.warmup_steps, "clip_norm": args.clip_norm or 0.0, "ema": args.ema or 0.0,
         "precision": args.precision, "early_stopping": args.early_stopping or 0, "monitor": args.monitor,
     }
+    if data.folder is not None:
+        config.update(data=os.path.abspath(args.data), image_size=list(data.folder.preprocess.image_size),
+                      channels=args.channels, host_augment=args.host_augment, folder=data.folder.metadata())
+    return config
 
 
 def make_callbacks(args: argparse.Namespace, config: dict) -> list:
@@ -94,17 +164,24 @@ def recipe_summary(config: dict) -> str:
 
 
 def write_plots(out: str, model, params, state, history, test, num_classes: int) -> list[str]:
-    """Writes the four PNGs of a run to ``out``; returns their paths."""
+    """Writes the four PNGs of a run to ``out``; returns their paths.
+
+    ``test``: the in-memory test ``Split``; ``None`` (an image folder) leaves
+    out the feature maps and the confusion matrix.
+    """
     paths = [viz.plot_history(history, os.path.join(out, rundir.PLOTS["history"]))]
     try:
         _, kernel = viz.first_conv(model, params)
         if kernel.ndim == 4:
             paths.append(viz.plot_filters(kernel, os.path.join(out, rundir.PLOTS["filters"])))
-            paths.append(viz.plot_feature_maps(model, params, state, test.images[0],
-                                               os.path.join(out, rundir.PLOTS["feature_maps"]),
-                                               label=int(test.labels[0])))
+            if test is not None:
+                paths.append(viz.plot_feature_maps(model, params, state, test.images[0],
+                                                   os.path.join(out, rundir.PLOTS["feature_maps"]),
+                                                   label=int(test.labels[0])))
     except ValueError as e:  # a model without a (top-level, 2-D) convolution
         print(f"skipping the filter plots: {e}")
+    if test is None:
+        return paths
     predictions = predict(model, params, state, test.images)
     matrix = viz.confusion_matrix(test.labels, predictions, num_classes)
     paths.append(viz.plot_confusion(matrix, os.path.join(out, rundir.PLOTS["confusion"])))
@@ -154,10 +231,12 @@ def owned_run_directory(args: argparse.Namespace) -> Iterator[list[str]]:
         yield rundir.claim(args.out, resume=args.resume, overwrite=args.overwrite, context="--out")
 
 
-def _header(args: argparse.Namespace, config: dict, data: Dataset, mesh) -> str:
+def _header(args: argparse.Namespace, config: dict, data: TrainingData, mesh) -> str:
     devices = 1 if mesh is None else mesh.devices.size
-    return (f"jaxconv train: {args.model} on {data.name} "
-            f"({len(data.train.labels)} train / {len(data.test.labels)} test), {config['epochs']} epochs, "
+    name = data.name if data.folder is None else (f"the image folder {args.data} ({data.num_classes} classes, "
+                                                  f"{args.workers} loader worker(s))")
+    return (f"jaxconv train: {args.model} on {name} "
+            f"({data.n_train} train / {data.n_test} test), {config['epochs']} epochs, "
             f"batch {args.batch_size}, {args.optimizer} lr {args.lr} ({args.schedule}), "
             f"label smoothing {args.label_smoothing}, augment {config['augment']}, seed {args.seed}, "
             f"conv impl {args.impl}, {args.steps_per_call} step(s) per call, "
@@ -166,22 +245,23 @@ def _header(args: argparse.Namespace, config: dict, data: Dataset, mesh) -> str:
             + recipe_summary(config))
 
 
-def _write_outputs(args: argparse.Namespace, config: dict, model, state, history, data: Dataset) -> None:
+def _write_outputs(args: argparse.Namespace, config: dict, model, state, history, data: TrainingData) -> None:
     """``metrics.json`` and the plots of a finished run (process 0)."""
     final = history[-1]
-    print(f"final test accuracy: {final['test_accuracy']:.4f}")
+    if "test_accuracy" in final:
+        print(f"final test accuracy: {final['test_accuracy']:.4f}")
     if len(history) < config["epochs"]:
         print(f"stopped early after epoch {len(history)} of {config['epochs']}")
     metrics_path = os.path.join(args.out, rundir.METRICS_FILE)
     write_json_atomic(metrics_path, {
-        "config": config, "history": history, "final_test_accuracy": final["test_accuracy"],
-        "final_test_loss": final["test_loss"],
+        "config": config, "history": history, "final_test_accuracy": final.get("test_accuracy"),
+        "final_test_loss": final.get("test_loss"),
         "checkpoint": ckpt.latest_checkpoint(os.path.join(args.out, rundir.CHECKPOINTS)),
     })
     print(f"wrote {metrics_path}")
     if not args.no_plots:
-        for path in write_plots(args.out, model, state.params, state.state, history, data.test,
-                                data.num_classes):
+        for path in write_plots(args.out, model, state.params, state.state, history,
+                                data.test if data.folder is None else None, data.num_classes):
             print(f"wrote {path}")
 
 
@@ -220,7 +300,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     with owned_run_directory(args) as removed:
         if removed:
             say(f"--overwrite: removed {len(removed)} file(s) of the previous run in {args.out}")
-        data = load_dataset(args.dataset, args.data_dir)
+        data = load_training_data(args)
         config = run_config(args, data)
         model, optimizer, loss_fn = build_run(config)
         say(_header(args, config, data, mesh))
@@ -282,6 +362,22 @@ def load_run(out: str, *, which: str = "latest", impl: str | None = None) -> Loa
     return LoadedRun(path, config, model, loss_fn, ckpt.load(path, like))
 
 
+def evaluate_folder(run: LoadedRun, *, workers: int = 0) -> tuple[dict[str, float], int]:
+    """``(metrics, examples)`` of a folder run on its folder's validation split.
+
+    Raises:
+      ValueError: the folder has no validation split, or other classes.
+    """
+    config, ts = run.config, run.train_state
+    folder = open_folder(config["data"], config)
+    if folder.val is None:
+        raise ValueError(f"the image folder {config['data']} has no validation split to evaluate on")
+    loader = Loader(folder.val, batch_size=min(EVAL_BATCH, len(folder.val)), shuffle=False,
+                    drop_remainder=False, workers=workers, shard=(0, 1))
+    eval_step = make_eval_step(run.model, run.loss_fn, policy=config.get("precision", "f32"))
+    return evaluate_loader(eval_step, ts.eval_params, ts.state, loader), len(folder.val)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         run = load_run(args.out)
@@ -289,6 +385,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"jaxconv evaluate: {e}", file=sys.stderr)
         return 1
     config, ts = run.config, run.train_state
+    if config["dataset"] == FOLDER_DATASET:
+        result, count = evaluate_folder(run)
+        print(f"{run.path}: step {int(ts.step)}, {config['model']} on the image folder {config['data']}: "
+              f"val loss {result['loss']:.4f}, val accuracy {result['accuracy']:.4f} ({count} examples)")
+        return 0
     if config["dataset"] == NO_DATASET:
         print(f"jaxconv evaluate: {run.path} holds converted weights with no data set to evaluate on "
               "(give `jaxconv convert` a --dataset)", file=sys.stderr)

@@ -5,6 +5,9 @@
 - ``EpochMetrics``: the running per-step loss and accuracy of an epoch;
 - ``run_epoch`` and ``end_epoch``: one pass over the shuffled data, then the
   epoch's record (test metrics, callbacks, checkpoint, log line).
+
+The data are arrays in memory or ``jaxconv.data.Loader``s (image folders read
+from disk, ``jaxconv.train.streams``).
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ from jaxconv import checkpoint as ckpt
 from jaxconv import rundir
 from jaxconv.callbacks import CallbackList, FitInfo
 from jaxconv.core import Layer, PyTree
-from jaxconv.data import Split, batches_per_epoch, epoch_batches
+from jaxconv.data import Loader, Split, batches_per_epoch, epoch_batches
 from jaxconv.distributed import barrier, check_batch_size, check_mesh, fetch, is_primary, replicate, shard_batch
 from jaxconv.losses import cross_entropy
 from jaxconv.precision import Policy, get_policy
 from jaxconv.train.evaluation import evaluate_batches, make_eval_step
 from jaxconv.train.inputs import check_labels, check_same_shape, check_split, output_shape
 from jaxconv.train.state import TrainState, create_train_state
+from jaxconv.train.streams import LoaderBatches, check_train_loader, evaluate_loader
 from jaxconv.train.step import LossFn, MixFn, make_train_step, with_augmentation
 from jaxconv.validate import boolean, integer, number
 
@@ -227,8 +231,8 @@ class Run(NamedTuple):
     plan: Plan
     train_step: Any
     eval_step: Any
-    train: tuple[Any, Any]
-    test: tuple[Any, Any] | None
+    train: tuple[Any, Any] | LoaderBatches
+    test: tuple[Any, Any] | Loader | None
     shuffle_key: Any
     checkpointer: Checkpointer | None
     mesh: Mesh | None
@@ -239,8 +243,23 @@ class Run(NamedTuple):
 
 def _progress(run: Run, epochs_done: int, history: list, partial: dict, stopped: bool = False) -> dict:
     """The ``progress`` part of a checkpoint's ``metadata["fit"]`` (callbacks' state included)."""
-    return {"epochs_done": epochs_done, "history": history, "partial": partial, "stopped": stopped,
-            "callbacks": run.callbacks.state()}
+    progress = {"epochs_done": epochs_done, "history": history, "partial": partial, "stopped": stopped,
+                "callbacks": run.callbacks.state()}
+    if isinstance(run.train, LoaderBatches):
+        progress["data_state"] = run.train.state
+    return progress
+
+
+def _epoch_items(run: Run, epoch: int, first_item: int) -> Any:
+    """The compiled calls' batches of ``epoch`` from item ``first_item`` (placed on the mesh, if any)."""
+    plan = run.plan
+    if isinstance(run.train, LoaderBatches):
+        return run.train.epoch(epoch, first_item)
+    batches = epoch_batches(jax.random.fold_in(run.shuffle_key, epoch), *run.train, plan.batch_size,
+                            steps_per_call=plan.steps_per_call, start=first_item)
+    if run.mesh is None:
+        return batches
+    return (shard_batch(batch, run.mesh, steps_per_call=plan.steps_per_call) for batch in batches)
 
 
 def run_epoch(run: Run, ts: TrainState, step: int, epoch: int, metrics: EpochMetrics,
@@ -255,11 +274,7 @@ def run_epoch(run: Run, ts: TrainState, step: int, epoch: int, metrics: EpochMet
     first_item = (step - epoch * plan.steps_per_epoch) // plan.steps_per_call
     bar = tqdm(total=plan.steps_per_epoch, initial=first_item * plan.steps_per_call,
                desc=f"epoch {epoch + 1}/{plan.epochs}", disable=not run.progress, leave=False, unit="step")
-    batches = epoch_batches(jax.random.fold_in(run.shuffle_key, epoch), *run.train, plan.batch_size,
-                            steps_per_call=plan.steps_per_call, start=first_item)
-    for i, batch in enumerate(batches, start=first_item):
-        if run.mesh is not None:
-            batch = shard_batch(batch, run.mesh, steps_per_call=plan.steps_per_call)
+    for i, batch in enumerate(_epoch_items(run, epoch, first_item), start=first_item):
         ts, step_metrics = run.train_step(ts, batch)
         metrics.add(step, step_metrics)
         step += plan.steps_per_call
@@ -290,8 +305,11 @@ def end_epoch(run: Run, ts: TrainState, step: int, epoch: int, metrics: EpochMet
     metrics.drain()
     train_loss, train_accuracy = metrics.means()
     record = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_accuracy}
-    if run.test is not None:
+    if isinstance(run.test, Loader):
+        ev = evaluate_loader(run.eval_step, ts.eval_params, ts.state, run.test, mesh=run.mesh)
+    elif run.test is not None:
         ev = evaluate_batches(run.eval_step, ts.eval_params, ts.state, *run.test, batch_size=512, mesh=run.mesh)
+    if run.test is not None:
         record.update(test_loss=ev["loss"], test_accuracy=ev["accuracy"])
     record["seconds"] = time.perf_counter() - start
     history.append(record)
@@ -368,31 +386,67 @@ def _start(checkpointer: Checkpointer, ts: TrainState, resume: bool, log: Callab
     return ts, info
 
 
-def _checked_splits(train: Any, test: Any) -> tuple[Any, Any, tuple[Any, Any] | None]:
-    """``(train images, train labels, test)`` after checking both splits (see ``fit``)."""
-    images, labels = check_split(train, name="train", context="fit")
-    if test is not None:
+def _loader_example(loader: Loader) -> np.ndarray:
+    """One zero image shaped like ``loader``'s: ``(1, H, W, C)`` float32 (for shapes only)."""
+    pre = loader.split.preprocess
+    return np.zeros((1, *pre.image_size, pre.channels), np.float32)
+
+
+def _checked_splits(train: Any, test: Any) -> tuple[Any, Any, tuple[Any, Any] | Loader | None]:
+    """``(train images, train labels, test)`` after checking both splits (see ``fit``).
+
+    For a ``Loader`` the images are one zero example of its shape and the
+    labels those of its whole split.
+    """
+    if isinstance(train, Loader):
+        check_train_loader(train, context="fit")
+        images, labels = _loader_example(train), train.split.labels
+    else:
+        images, labels = check_split(train, name="train", context="fit")
+    if isinstance(test, Loader):
+        check_same_shape(images, _loader_example(test), names=("train", "test"), context="fit")
+    elif test is not None:
         test = check_split(test, name="test", context="fit")
         check_same_shape(images, test[0], names=("train", "test"), context="fit")
     return images, labels, test
 
 
-def _check_labels(model: Layer, ts: TrainState, images: Any, labels: Any, test: tuple[Any, Any] | None) -> None:
+def _check_labels(model: Layer, ts: TrainState, images: Any, labels: Any, test: Any) -> None:
     """Every class id of both splits must be a class of the model (see ``check_labels``)."""
     output = output_shape(model, ts.params, ts.state, images)
-    for name, split in (("train", labels), ("test", None if test is None else test[1])):
+    test_labels = test.split.labels if isinstance(test, Loader) else None if test is None else test[1]
+    for name, split in (("train", labels), ("test", test_labels)):
         if split is not None:
             check_labels(split, output, name=name, context="fit")
+
+
+def _train_source(train: Any, images: Any, labels: Any, plan: Plan, mesh: Mesh | None
+                  ) -> tuple[Any, Any] | LoaderBatches:
+    """What ``Run.train`` holds: the arrays on the device, or a ``Loader``'s ``LoaderBatches``."""
+    if isinstance(train, Loader):
+        return LoaderBatches(train, steps_per_call=plan.steps_per_call, epochs=plan.epochs, mesh=mesh)
+    return jnp.asarray(images), jnp.asarray(labels)
+
+
+def _batch_size(train: Any, batch_size: Any) -> Any:
+    """``fit``'s batch size: a ``Loader``'s own (``batch_size`` must be it or ``None``), else 64 by default."""
+    if not isinstance(train, Loader):
+        return 64 if batch_size is None else batch_size
+    size = train.layout.batch_size
+    if batch_size is not None and batch_size != size:
+        raise ValueError(f"fit: batch_size={batch_size!r} differs from the Loader's batch_size {size} "
+                         "(leave it None)")
+    return size
 
 
 def fit(
     model: Layer,
     optimizer: optax.GradientTransformation,
-    train: Split | tuple[Any, Any],
+    train: Split | tuple[Any, Any] | Loader,
     *,
-    test: Split | tuple[Any, Any] | None = None,
+    test: Split | tuple[Any, Any] | Loader | None = None,
     epochs: int = 10,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     loss_fn: LossFn = cross_entropy,
     seed: int = 0,
     train_state: TrainState | None = None,
@@ -427,8 +481,15 @@ def fit(
     Args:
       model: the network; its input shape is taken from ``train``.
       optimizer: an Optax transformation.
-      train, test: ``(images, labels)`` splits; ``test`` is evaluated after each epoch.
-      epochs, batch_size: the schedule (the last incomplete batch is dropped).
+      train, test: ``(images, labels)`` splits, or ``jaxconv.data.Loader``s of
+        an image folder's splits; ``test`` is evaluated after each epoch. A
+        training ``Loader`` (``drop_remainder=True``) is read through one
+        resumable stream whose state each checkpoint keeps
+        (``metadata["fit"]["data_state"]``); its seed orders and augments the
+        images, ``seed`` still seeds init and the step keys. A test ``Loader``
+        (``shuffle=False, drop_remainder=False``) has its padding rows masked.
+      epochs, batch_size: the schedule (the last incomplete batch is dropped);
+        ``batch_size`` defaults to 64, or to a ``Loader``'s own batch size.
       loss_fn: ``(logits, labels) -> scalar``.
       seed: an int in ``[0, MAX_SEED]`` (``2**32 - 1``); it seeds init,
         shuffling and augmentation, and the same seed gives the same result.
@@ -489,7 +550,7 @@ def fit(
     """
     images, labels, test = _checked_splits(train, test)
     policy = get_policy(policy, context="fit")
-    plan = plan_run(n_train=len(labels), epochs=epochs, batch_size=batch_size, seed=seed,
+    plan = plan_run(n_train=len(labels), epochs=epochs, batch_size=_batch_size(train, batch_size), seed=seed,
                     steps_per_call=steps_per_call, microbatches=microbatches, mesh=mesh, policy=policy,
                     ema=ema, clip_norm=clip_norm)
     _check_checkpointing(checkpoint_dir, checkpoint_every, keep, resume)
@@ -517,8 +578,8 @@ def fit(
                                      policy=policy, mix=mix, clip_norm=plan.clip_norm or None,
                                      ema_decay=plan.ema or None)
         run = Run(plan, train_step, make_eval_step(model, loss_fn, mesh=mesh, policy=policy),
-                  (jnp.asarray(images), jnp.asarray(labels)), test, shuffle_key, checkpointer, mesh, progress, log,
-                  callbacks)
+                  _train_source(train, images, labels, plan, mesh), test, shuffle_key, checkpointer, mesh, progress,
+                  log, callbacks)
         if mesh is not None:
             train_state = replicate(train_state, mesh)
         callbacks.fit_start(FitInfo(checkpoint_dir, dict(metadata or {}), plan.epochs, plan.steps_per_epoch,
@@ -527,6 +588,8 @@ def fit(
             if not info.get("stopped"):
                 train_state = train_epochs(run, train_state, history, info.get("partial"))
         finally:
+            if isinstance(run.train, LoaderBatches):
+                run.train.close()
             callbacks.fit_end(history)
         return train_state, history
 
