@@ -23,6 +23,7 @@ from jaxconv.layers.conv import StdConv
 from jaxconv.layers.reparam import SpectralNorm, WeightNorm
 from tests import oracle
 from tests.contract import check_layer_contract
+from tests.test_layers_norm_torch import case_params, torch_step, vjp_step
 from tests.torch_ref import import_torch
 
 TOL = dict(rtol=1e-10, atol=1e-10)
@@ -35,38 +36,6 @@ def to_torch_layout(a):
     """A jaxconv kernel-shaped array ``(*k, a, b)`` in PyTorch's weight layout ``(b, a, *k)``."""
     n = np.ndim(a)
     return np.transpose(np.asarray(a), (n - 1, n - 2, *range(n - 2)))
-
-
-def channels_first(a):
-    return np.moveaxis(np.asarray(a), -1, 1)
-
-
-def channels_last(t):
-    return np.moveaxis(t.detach().numpy(), 1, -1)
-
-
-def vjp_step(layer, train):
-    """Jitted ``(params, state, x, ct) -> (y, grads, new_state)``; grads of ``x`` and the params."""
-    @jax.jit
-    def step(params, state, x, ct):
-        y, pull, new_state = jax.vjp(
-            lambda p, v: layer.apply(p, state, v, train=train), params, x, has_aux=True)
-        g_params, g_x = pull(ct)
-        return y, {"x": g_x, **g_params}, new_state
-
-    return step
-
-
-def torch_step(module, x, ct, train, tensors):
-    """``module`` in mode ``train`` on channels-last ``x``: the output and the grads of ``tensors``."""
-    torch = import_torch()
-    module.train(train)
-    module.zero_grad()
-    xt = torch.tensor(channels_first(x), requires_grad=True)
-    y = module(xt)
-    y.backward(torch.tensor(channels_first(ct)))
-    return channels_last(y), {"x": channels_last(xt.grad),
-                              **{k: t.grad.numpy() for k, t in tensors.items()}}
 
 
 def assert_close(got, want, worst=0.0):
@@ -151,7 +120,7 @@ def run_spectral_case(case):
     return worst
 
 
-@pytest.mark.parametrize("case", sorted(SPECTRAL_CASES))
+@pytest.mark.parametrize("case", case_params(SPECTRAL_CASES))
 def test_spectral_norm_matches_torch_over_steps(case):
     run_spectral_case(case)
 
@@ -230,7 +199,7 @@ def run_weight_norm_case(case):
     return worst
 
 
-@pytest.mark.parametrize("case", sorted(WEIGHT_NORM_CASES))
+@pytest.mark.parametrize("case", case_params(WEIGHT_NORM_CASES))
 def test_weight_norm_matches_torch(case):
     run_weight_norm_case(case)
 
@@ -250,6 +219,15 @@ def test_weight_norm_contract_and_initial_kernel():
         np.testing.assert_allclose(params["g"], norm, rtol=1e-6)
     _, params, _ = WeightNorm(jc.Dense(3, use_bias=False)).init(jax.random.PRNGKey(0), (-1, 4))
     assert set(params) == {"g", "v"} and params["g"].shape == (1, 3)
+
+
+def test_wrappers_apply_the_wrapped_layer_as_a_child():
+    # apply_child: jc.intermediates sees the wrapped layer's output under "<path>/layer".
+    model = jc.serial(("sn", SpectralNorm(jc.Conv(4, 3))), ("wn", WeightNorm(jc.Dense(2))))
+    _, params, state = model.init(jax.random.PRNGKey(0), CONTRACT_SHAPE)
+    outputs = jc.intermediates(model, params, state, jnp.ones((2,) + CONTRACT_SHAPE[1:]))
+    assert list(outputs) == ["sn/layer", "sn", "wn/layer", "wn"]
+    np.testing.assert_array_equal(outputs["wn/layer"], outputs["wn"])
 
 
 # --------------------------------------------------------------------------
@@ -282,7 +260,7 @@ STD_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(STD_CASES))
+@pytest.mark.parametrize("case", case_params(STD_CASES))
 def test_std_conv_matches_numpy(case):
     kwargs, shape, window = STD_CASES[case]
     kwargs = dict(kwargs)

@@ -258,6 +258,30 @@ def _scaled_output(xs: Any, moments: Moments, params: Any, epsilon: float) -> An
     return xs * a + b
 
 
+def _statistics_apply(context: str, max_rank: int | None, track_running_stats: bool,
+                      epsilon: float, dtype: Any, statistics: Any) -> Any:
+    """The ``apply`` of BatchNorm and InstanceNorm: own or running statistics, then the affine.
+
+    ``statistics(xs, state, train) -> (moments, new_state)`` computes the
+    moments of the (non-empty) float32-or-wider input ``xs`` and the updated
+    state; the running statistics normalise instead in inference when tracked.
+    """
+    def apply(params, state, x, *, key=None, train=False):
+        _check_input(x, _channels(params, state), context, max_rank)
+        out_dtype = compute_dtype(dtype, x, *params.values())
+        own_statistics = train or not track_running_stats
+        if own_statistics and jnp.size(x) == 0:  # an empty batch: nothing to normalise or learn
+            return jnp.asarray(x, out_dtype), state
+        xs = jnp.asarray(x, compute_dtype(None, x, at_least=jnp.float32))
+        if own_statistics:
+            moments, new_state = statistics(xs, state, train)
+        else:
+            moments, new_state = _running_moments(state, xs.dtype), state
+        return _scaled_output(xs, moments, params, epsilon).astype(out_dtype), new_state
+
+    return apply
+
+
 def _check_momentum(momentum: Any, context: str, allow_none: bool) -> None:
     if momentum is None and allow_none:
         return
@@ -335,24 +359,15 @@ def BatchNorm(
         params = _affine_params(key, (c,), use_scale, use_bias, scale_init, bias_init, param_dtype)
         return shape, params, _running_state(c, track_running_stats, momentum)
 
-    def apply(params, state, x, *, key=None, train=False):
-        _check_input(x, _channels(params, state), "BatchNorm")
-        out_dtype = compute_dtype(dtype, x, *params.values())
-        batch_stats = train or not track_running_stats
-        if batch_stats and jnp.size(x) == 0:  # an empty batch: nothing to normalise or to learn from
-            return jnp.asarray(x, out_dtype), state
-        xs = jnp.asarray(x, compute_dtype(None, x, at_least=jnp.float32))
-        if not batch_stats:
-            return _scaled_output(xs, _running_moments(state, xs.dtype), params,
-                                  epsilon).astype(out_dtype), state
+    def statistics(xs, state, train):
         what = "training" if train else "normalising with track_running_stats=False"
         moments, m = _batch_moments(xs, axis_name, what)
-        new_state = state
-        if train and track_running_stats:
-            batch = {"mean": moments.mean.reshape(-1), "var": moments.var.reshape(-1) * (m / (m - 1))}
-            new_state = _update_running(state, batch, momentum)
-        return _scaled_output(xs, moments, params, epsilon).astype(out_dtype), new_state
+        if not (train and track_running_stats):
+            return moments, state
+        batch = {"mean": moments.mean.reshape(-1), "var": moments.var.reshape(-1) * (m / (m - 1))}
+        return moments, _update_running(state, batch, momentum)
 
+    apply = _statistics_apply("BatchNorm", None, track_running_stats, epsilon, dtype, statistics)
     return Layer(init, apply, "batch_norm")
 
 
@@ -430,23 +445,14 @@ def InstanceNorm(
         params = _affine_params(key, (c,), affine, affine, scale_init, bias_init, param_dtype)
         return shape, params, _running_state(c, track_running_stats, momentum)
 
-    def apply(params, state, x, *, key=None, train=False):
-        _check_input(x, _channels(params, state), name, max_rank=5)
-        out_dtype = compute_dtype(dtype, x, *params.values())
-        own_stats = train or not track_running_stats
-        if own_stats and jnp.size(x) == 0:  # an empty batch: nothing to normalise or to learn from
-            return jnp.asarray(x, out_dtype), state
-        xs = jnp.asarray(x, compute_dtype(None, x, at_least=jnp.float32))
-        if not own_stats:
-            return _scaled_output(xs, _running_moments(state, xs.dtype), params,
-                                  epsilon).astype(out_dtype), state
+    def statistics(xs, state, train):
         count = _check_spatial_size(xs.shape, name)
         moments = _moments(xs, tuple(range(1, xs.ndim - 1)))
-        new_state = state
-        if train and track_running_stats:
-            new_state = _instance_running_update(state, moments, count, momentum)
-        return _scaled_output(xs, moments, params, epsilon).astype(out_dtype), new_state
+        if not (train and track_running_stats):
+            return moments, state
+        return moments, _instance_running_update(state, moments, count, momentum)
 
+    apply = _statistics_apply(name, 5, track_running_stats, epsilon, dtype, statistics)
     return Layer(init, apply, "instance_norm")
 
 

@@ -13,7 +13,8 @@ axes of a jaxconv kernel in the order ``(-1, -2, 0, 1, ...)``: ``Conv``'s
 ``(F, C // groups, *k)`` for ``(*k, C // groups, F)``, ``ConvTranspose``'s
 ``(C, F // groups, *k)`` for ``(*k, F // groups, C)``, ``Linear``'s
 ``(F, C)`` for ``Dense``'s ``(C, F)``. PyTorch's ``dim=0`` is therefore
-``dim=-1`` here, its ``dim=1`` is ``dim=-2``.
+``dim=-1`` here, its ``dim=1`` is ``dim=-2`` and its ``dim=2 + i`` is ``dim=i``
+(spatial axis ``i``); the weights port by that axis permutation.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _check_dim(dim: Any, context: str, allow_none: bool) -> None:
 
 
 def _init_kernel(layer: Layer, key: Any, input_shape: Any, dim: int | None, context: str):
-    """Runs the wrapped layer's ``init``; checks its ``"kernel"``; returns ``dim`` as an axis (or None)."""
+    """The wrapped layer's ``init``, its ``"kernel"`` checked (rank >= 2, ``dim`` one of its axes)."""
     out, params, state = layer.init(key, input_shape)
     kernel = params.get("kernel") if isinstance(params, dict) else None
     if not hasattr(kernel, "ndim") or kernel.ndim < 2:
