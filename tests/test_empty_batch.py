@@ -20,6 +20,9 @@ import numpy as np
 import pytest
 
 import jaxconv as jc
+from jaxconv.layers.conv import StdConv
+from jaxconv.layers.norm import InstanceNorm
+from jaxconv.layers.reparam import SpectralNorm, WeightNorm
 
 IMAGE = (5, 5, 4)  # (H, W, C) of one example
 FEATURES = (6,)
@@ -45,6 +48,7 @@ CASES = {
     "Hardsigmoid": lambda: (jc.Hardsigmoid(), FEATURES),
     "Hardswish": lambda: (jc.Hardswish(), FEATURES),
     "Identity": lambda: (jc.Identity(), FEATURES),
+    "InstanceNorm": lambda: (InstanceNorm(affine=True, track_running_stats=True), IMAGE),
     "Lambda": lambda: (jc.Lambda(lambda x: x[:, ::2] * 2), IMAGE),
     "LayerNorm": lambda: (jc.LayerNorm((1, 2, 3)), IMAGE),
     "LayerScale": lambda: (jc.LayerScale(0.1), IMAGE),
@@ -65,9 +69,12 @@ CASES = {
     "Silu": lambda: (jc.Silu(), FEATURES),
     "Softmax": lambda: (jc.Softmax(), FEATURES),
     "Softplus": lambda: (jc.Softplus(beta=2.0), FEATURES),
+    "SpectralNorm": lambda: (SpectralNorm(jc.Conv(3, 3, stride=2)), IMAGE),
     "SqueezeExcite": lambda: (jc.SqueezeExcite(2), IMAGE),
+    "StdConv": lambda: (StdConv(3, 3, stride=2), IMAGE),
     "Tanh": lambda: (jc.Tanh(), FEATURES),
     "Upsample": lambda: (jc.Upsample(scale_factor=2, method="bilinear"), IMAGE),
+    "WeightNorm": lambda: (WeightNorm(jc.ConvTranspose(3, 3, stride=2)), IMAGE),
     "serial": lambda: (jc.serial(jc.Conv(3, 3), jc.BatchNorm(), jc.Relu(), jc.Dropout(0.5),
                                  jc.MaxPool(2), jc.Flatten(), jc.Dense(2)), IMAGE),
     "parallel": lambda: (jc.parallel(jc.Dense(2), jc.BatchNorm()), (FEATURES, IMAGE)),
