@@ -50,6 +50,7 @@ from jaxconv.layers import GroupNorm as GroupNorm
 from jaxconv.layers import Hardsigmoid as Hardsigmoid
 from jaxconv.layers import Hardswish as Hardswish
 from jaxconv.layers import Identity as Identity
+from jaxconv.layers import InstanceNorm as InstanceNorm
 from jaxconv.layers import Lambda as Lambda
 from jaxconv.layers import LayerNorm as LayerNorm
 from jaxconv.layers import LayerScale as LayerScale
@@ -70,9 +71,12 @@ from jaxconv.layers import Sigmoid as Sigmoid
 from jaxconv.layers import Silu as Silu
 from jaxconv.layers import Softmax as Softmax
 from jaxconv.layers import Softplus as Softplus
+from jaxconv.layers import SpectralNorm as SpectralNorm
 from jaxconv.layers import SqueezeExcite as SqueezeExcite
+from jaxconv.layers import StdConv as StdConv
 from jaxconv.layers import Tanh as Tanh
 from jaxconv.layers import Upsample as Upsample
+from jaxconv.layers import WeightNorm as WeightNorm
 from jaxconv.losses import accuracy as accuracy
 from jaxconv.losses import cross_entropy as cross_entropy
 from jaxconv.losses import square_loss as square_loss
@@ -131,6 +135,7 @@ __all__ = (
     "Hardsigmoid",
     "Hardswish",
     "Identity",
+    "InstanceNorm",
     "Lambda",
     "LayerNorm",
     "LayerScale",
@@ -151,9 +156,12 @@ __all__ = (
     "Silu",
     "Softmax",
     "Softplus",
+    "SpectralNorm",
     "SqueezeExcite",
+    "StdConv",
     "Tanh",
     "Upsample",
+    "WeightNorm",
     # losses and metrics
     "accuracy",
     "cross_entropy",

@@ -17,7 +17,7 @@ import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["is_int", "integer", "int_tuple", "number", "boolean", "choice"]
+__all__ = ["is_int", "integer", "int_tuple", "number", "boolean", "choice", "exactly_one"]
 
 
 def is_int(value: Any) -> bool:
@@ -118,3 +118,18 @@ def choice(value: Any, name: str, choices: Iterable[Any], *, context: str) -> An
     if not known:
         raise ValueError(f"{context}: unknown {name} {value!r}; expected one of {choices}")
     return value
+
+
+def exactly_one(*, context: str, **options: Any) -> str:
+    """The name of the one option that is not ``None``.
+
+    Raises:
+      ValueError: ``{context}: give exactly one of size and scale_factor, got
+        size=None and scale_factor=None``.
+    """
+    given = [name for name, value in options.items() if value is not None]
+    if len(given) != 1:
+        names = " and ".join(options)
+        values = " and ".join(f"{name}={value!r}" for name, value in options.items())
+        raise ValueError(f"{context}: give exactly one of {names}, got {values}")
+    return given[0]

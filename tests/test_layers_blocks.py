@@ -207,7 +207,7 @@ KEY = jax.random.PRNGKey(0)
      "SeparableConv: expected input of shape (-1, -1, -1, 3), got (2, 9, 7, 4)"),
     (lambda: SqueezeExcite(), ValueError,
      "SqueezeExcite: give exactly one of squeeze_channels and reduction, got "
-     "squeeze_channels=None, reduction=None"),
+     "squeeze_channels=None and reduction=None"),
     (lambda: SqueezeExcite(4, reduction=4), ValueError, "give exactly one of"),
     (lambda: SqueezeExcite(0), ValueError, "SqueezeExcite: squeeze_channels must be an int >= 1"),
     (lambda: SqueezeExcite(reduction=1.5), ValueError,

@@ -20,11 +20,13 @@ from jaxconv.layers.blocks import SeparableConv as SeparableConv
 from jaxconv.layers.blocks import SqueezeExcite as SqueezeExcite
 from jaxconv.layers.conv import Conv as Conv
 from jaxconv.layers.conv import ConvTranspose as ConvTranspose
+from jaxconv.layers.conv import StdConv as StdConv
 from jaxconv.layers.dense import Dense as Dense
 from jaxconv.layers.dropout import Dropout as Dropout
 from jaxconv.layers.dropout import DropPath as DropPath
 from jaxconv.layers.norm import BatchNorm as BatchNorm
 from jaxconv.layers.norm import GroupNorm as GroupNorm
+from jaxconv.layers.norm import InstanceNorm as InstanceNorm
 from jaxconv.layers.norm import LayerNorm as LayerNorm
 from jaxconv.layers.pool import AdaptiveAvgPool as AdaptiveAvgPool
 from jaxconv.layers.pool import AdaptiveMaxPool as AdaptiveMaxPool
@@ -34,6 +36,8 @@ from jaxconv.layers.pool import GlobalMaxPool as GlobalMaxPool
 from jaxconv.layers.pool import MaxPool as MaxPool
 from jaxconv.layers.pool import MaxUnpool as MaxUnpool
 from jaxconv.layers.pool import MinPool as MinPool
+from jaxconv.layers.reparam import SpectralNorm as SpectralNorm
+from jaxconv.layers.reparam import WeightNorm as WeightNorm
 from jaxconv.layers.reshape import Flatten as Flatten
 from jaxconv.layers.reshape import Identity as Identity
 from jaxconv.layers.reshape import Lambda as Lambda
@@ -61,6 +65,7 @@ __all__ = (
     "Hardsigmoid",
     "Hardswish",
     "Identity",
+    "InstanceNorm",
     "Lambda",
     "LayerNorm",
     "LayerScale",
@@ -81,7 +86,10 @@ __all__ = (
     "Silu",
     "Softmax",
     "Softplus",
+    "SpectralNorm",
     "SqueezeExcite",
+    "StdConv",
     "Tanh",
     "Upsample",
+    "WeightNorm",
 )

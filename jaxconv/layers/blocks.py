@@ -19,7 +19,7 @@ from jaxconv.layers.conv import Conv
 from jaxconv.layers.dense import default_kernel_init
 from jaxconv.ops.pool import global_avg_pool
 from jaxconv.ops.spec import IMPLS, check_spatial_rank, conv_options, resolve_conv, spatial_option
-from jaxconv.validate import boolean, choice, int_tuple, integer, number
+from jaxconv.validate import boolean, choice, exactly_one, int_tuple, integer, number
 
 
 def SeparableConv(
@@ -145,13 +145,8 @@ def SqueezeExcite(
     axes last, in reverse order.
     """
     name = "SqueezeExcite"
-    if (squeeze_channels is None) == (reduction is None):
-        raise ValueError(f"{name}: give exactly one of squeeze_channels and reduction, got "
-                         f"squeeze_channels={squeeze_channels!r}, reduction={reduction!r}")
-    if squeeze_channels is not None:
-        integer(squeeze_channels, "squeeze_channels", context=name, minimum=1)
-    else:
-        integer(reduction, "reduction", context=name, minimum=1)
+    given = exactly_one(squeeze_channels=squeeze_channels, reduction=reduction, context=name)
+    integer(squeeze_channels if given == "squeeze_channels" else reduction, given, context=name, minimum=1)
     act = _as_layer(activation, "activation", name)
     gate_layer = _as_layer(gate, "gate", name)
     choice(impl, "impl", IMPLS, context=name)

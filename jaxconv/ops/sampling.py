@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxconv.ops.spec import check_spatial_rank
-from jaxconv.validate import boolean, choice, int_tuple, integer
+from jaxconv.validate import boolean, choice, exactly_one, int_tuple, integer
 
 METHODS = ("nearest", "nearest-exact", "linear", "bilinear", "trilinear", "bicubic")
 NEAREST_METHODS = ("nearest", "nearest-exact")
@@ -81,10 +81,7 @@ def check_resize_args(size: Any, scale_factor: Any, method: Any, align_corners: 
         raise ValueError(
             f"{context}: align_corners=True is only defined for the interpolating methods "
             f"('linear', 'bilinear', 'trilinear', 'bicubic'), got method {method!r}")
-    if (size is None) == (scale_factor is None):
-        raise ValueError(f"{context}: give exactly one of size and scale_factor, got "
-                         f"size={size!r} and scale_factor={scale_factor!r}")
-    if size is not None:
+    if exactly_one(size=size, scale_factor=scale_factor, context=context) == "size":
         int_tuple(size, "size", context=context, minimum=1)
     else:
         _scale_factors(scale_factor, context=context)
