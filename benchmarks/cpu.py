@@ -56,6 +56,7 @@ from unittest import mock
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 from common import Case, fmt, markdown_table, measure_interleaved, ratio  # noqa: E402
+
 from jaxconv.bench import ConvShape  # noqa: E402
 
 NUM_CLASSES = 10
@@ -372,8 +373,8 @@ def section_rows(args, log):
 
 def rows_taken(shape, rule) -> bool:
     """Whether the patches path takes the row-shift form for ``shape`` under ``rule``."""
-    from jaxconv.ops.spec import ConvSpec, padding_pairs
     from jaxconv.ops.autotune import rows_apply
+    from jaxconv.ops.spec import ConvSpec, padding_pairs
 
     window, stride = (shape.k, shape.k), (shape.stride, shape.stride)
     pads = padding_pairs(shape.padding, (shape.size, shape.size), window, stride, (1, 1))

@@ -23,8 +23,7 @@ from jax.test_util import check_grads
 from jaxconv.ops import autotune
 from jaxconv.ops.conv import conv, conv_transpose
 from jaxconv.ops.patches import patches_conv_general, patches_form
-from jaxconv.ops.spec import (PADDING_MODES, ConvSpec, conv_output_shape,
-                              conv_transpose_output_shape)
+from jaxconv.ops.spec import PADDING_MODES, ConvSpec, conv_output_shape, conv_transpose_output_shape
 from jaxconv.verify import Case, relative_error
 from tests import oracle
 from tests.test_ops_patches import _equations, _primitives

@@ -162,8 +162,8 @@ def make_layout(padded_sizes, window, channels: int, features: int, spec: ConvSp
     rows = _round_up(flat, block_m)
     length = max(math.prod(phase_sizes), rows + max(off for _, off in taps))
     block_k, block_f = _block(channels, blocks.k), _block(features, blocks.f)
-    return Layout(tuple(window), dilation, strides, phase_sizes, out_sizes, taps, rows, length, block_m, block_k, block_f,
-                  _round_up(channels, block_k), _round_up(features, block_f))
+    return Layout(tuple(window), dilation, strides, phase_sizes, out_sizes, taps, rows, length, block_m,
+                  block_k, block_f, _round_up(channels, block_k), _round_up(features, block_f))
 
 
 def _pad_input(x, spec: ConvSpec):
