@@ -8,7 +8,9 @@ The parts, each a module of small factories and pure functions:
   recipe's pieces (``clipped``, ``ema_decay_at``, ``updated_ema``);
 - ``evaluation``: ``make_eval_step``, ``evaluate``, ``predict``;
 - ``inputs``: the checks of the data that enters ``fit`` and ``evaluate``;
-- ``loop``: ``fit`` and the parts it orchestrates.
+- ``loop``: ``fit`` and the parts it orchestrates;
+- ``streams``: ``fit``'s batches from a ``jaxconv.data.Loader`` (``LoaderBatches``)
+  and ``evaluate_loader``.
 
 Optimizers and schedules by name live in ``jaxconv.recipes``.
 """
@@ -34,8 +36,11 @@ from jaxconv.train.step import repeated as repeated
 from jaxconv.train.step import run_steps as run_steps
 from jaxconv.train.step import updated_ema as updated_ema
 from jaxconv.train.step import with_augmentation as with_augmentation
+from jaxconv.train.streams import LoaderBatches as LoaderBatches
+from jaxconv.train.streams import evaluate_loader as evaluate_loader
 
 __all__ = [
+    "LoaderBatches",
     "MAX_SEED",
     "NonFiniteLossError",
     "TrainState",
@@ -45,6 +50,7 @@ __all__ = [
     "create_train_state",
     "ema_decay_at",
     "evaluate",
+    "evaluate_loader",
     "fit",
     "format_record",
     "loss_and_grad",
