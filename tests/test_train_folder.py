@@ -123,3 +123,15 @@ def test_worker_processes_train_bitwise_as_the_main_process(tmp_path):
         final.append(ckpt.load_arrays(ckpt.latest_checkpoint(os.path.join(out, "checkpoints"))))
     assert sorted(final[0]) == sorted(final[1])
     assert all(final[0][k].tobytes() == final[1][k].tobytes() for k in final[0])
+
+
+def test_resuming_with_a_loader_of_another_seed_is_refused(tmp_path):
+    folder = tiny_folder(tmp_path / "data")
+    model = jc.serial(jc.Flatten(), jc.Dense(2))
+    directory = str(tmp_path / "ckpt")
+    fit(model, make_optimizer("sgd", 0.1), Loader(folder.train, batch_size=4, seed=1), epochs=1, progress=False,
+        log=None, checkpoint_dir=directory)
+    assert ckpt.read_metadata(ckpt.latest_checkpoint(directory))["fit"]["data_seed"] == 1
+    with pytest.raises(ValueError, match="Loader of seed 1, this run's Loader has seed 2"):
+        fit(model, make_optimizer("sgd", 0.1), Loader(folder.train, batch_size=4, seed=2), epochs=2,
+            progress=False, log=None, checkpoint_dir=directory, resume=True)

@@ -246,8 +246,15 @@ def _progress(run: Run, epochs_done: int, history: list, partial: dict, stopped:
     progress = {"epochs_done": epochs_done, "history": history, "partial": partial, "stopped": stopped,
                 "callbacks": run.callbacks.state()}
     if isinstance(run.train, LoaderBatches):
-        progress["data_state"] = run.train.state
+        progress.update(data_state=run.train.state, data_seed=run.train.loader.layout.seed)
     return progress
+
+
+def _check_data_seed(train: Any, info: dict[str, Any]) -> None:
+    """A run resumed on a ``Loader`` must read it with the seed its checkpoint was written with."""
+    if isinstance(train, Loader) and info.get("data_seed", train.layout.seed) != train.layout.seed:
+        raise ValueError(f"fit: cannot resume: the checkpoint was written with a Loader of seed "
+                         f"{info['data_seed']}, this run's Loader has seed {train.layout.seed}")
 
 
 def _epoch_items(run: Run, epoch: int, first_item: int) -> Any:
@@ -485,8 +492,9 @@ def fit(
         an image folder's splits; ``test`` is evaluated after each epoch. A
         training ``Loader`` (``drop_remainder=True``) is read through one
         resumable stream whose state each checkpoint keeps
-        (``metadata["fit"]["data_state"]``); its seed orders and augments the
-        images, ``seed`` still seeds init and the step keys. A test ``Loader``
+        (``metadata["fit"]["data_state"]``, with ``data_seed``); its seed orders
+        and augments the images (a resumed run must use the same), ``seed``
+        still seeds init and the step keys. A test ``Loader``
         (``shuffle=False, drop_remainder=False``) has its padding rows masked.
       epochs, batch_size: the schedule (the last incomplete batch is dropped);
         ``batch_size`` defaults to 64, or to a ``Loader``'s own batch size.
@@ -568,6 +576,7 @@ def fit(
         info = {}
         if checkpointer is not None:
             train_state, info = _start(checkpointer, train_state, resume, log)
+            _check_data_seed(train, info)
         if int(train_state.step) % plan.steps_per_call:
             raise ValueError(f"fit: step {int(train_state.step)} of the train state is not a multiple of "
                              f"steps_per_call={plan.steps_per_call}")
