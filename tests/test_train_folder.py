@@ -98,14 +98,16 @@ def test_train_refuses_bad_folder_options(tmp_path, capsys, argv, message):
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-def test_mesh_loader_batches_equal_a_one_device_run(tmp_path):
-    """With a one-device mesh the batches go through host_local_batch; the parameters match."""
+@pytest.mark.parametrize("steps_per_call", [1, 2])
+def test_mesh_loader_batches_equal_a_one_device_run(tmp_path, steps_per_call):
+    """With a one-device mesh the batches (stacked for K > 1) go through host_local_batch; the parameters match."""
     folder = tiny_folder(tmp_path / "data")
     model = jc.serial(jc.Conv(2, 3), jc.Relu(), jc.Flatten(), jc.Dense(2))
     results = []
     for mesh in (None, jc.distributed.data_mesh(1)):
         ts, _ = fit(model, make_optimizer("sgd", 0.1), Loader(folder.train, batch_size=4, seed=2), epochs=1,
-                    progress=False, log=None, mesh=mesh)
+                    progress=False, log=None, mesh=mesh, steps_per_call=steps_per_call)
+        assert int(ts.step) == 4
         results.append(jax.tree_util.tree_leaves(jc.distributed.fetch(ts.params)))
     for a, b in zip(*results, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
