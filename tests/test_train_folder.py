@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -23,6 +26,7 @@ from jaxconv.recipes import make_optimizer
 from jaxconv.train import fit
 from tests.imagefolder import random_folder, write_digits_folder
 
+ROOT = pathlib.Path(__file__).parent.parent
 EPOCHS = 4
 COMMON = ["--epochs", str(EPOCHS), "--no-progress", "--no-plots"]
 
@@ -137,3 +141,27 @@ def test_resuming_with_a_loader_of_another_seed_is_refused(tmp_path):
     with pytest.raises(ValueError, match="Loader of seed 1, this run's Loader has seed 2"):
         fit(model, make_optimizer("sgd", 0.1), Loader(folder.train, batch_size=4, seed=2), epochs=2,
             progress=False, log=None, checkpoint_dir=directory, resume=True)
+
+
+@pytest.mark.slow
+def test_cli_folder_run_on_two_devices_equals_one(tmp_path):
+    """jaxconv train --data --devices 2 (two simulated CPU devices, the batch split over them) ends
+    within float32 reduction-order noise of --devices 1, evaluating the val split on the mesh too."""
+    data = str(tmp_path / "data")
+    random_folder(data, {"a": 16, "b": 16}, size=(8, 8))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    params = []
+    for devices in (1, 2):
+        out = str(tmp_path / f"run{devices}")
+        proc = subprocess.run([sys.executable, "-m", "jaxconv", "train", "--data", data, "--image-size", "8",
+                               "--batch-size", "8", "--epochs", "2", "--devices", str(devices), "--out", out,
+                               "--no-progress", "--no-plots"], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"{devices} device(s)" in proc.stdout and "final test accuracy" in proc.stdout
+        params.append(ckpt.load_arrays(ckpt.latest_checkpoint(os.path.join(out, "checkpoints"))))
+    names = [k for k in params[0] if k.startswith("params/")]
+    assert names
+    for name in names:
+        np.testing.assert_allclose(params[1][name], params[0][name], atol=1e-5, err_msg=name)
