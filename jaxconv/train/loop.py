@@ -301,6 +301,13 @@ def run_epoch(run: Run, ts: TrainState, step: int, epoch: int, metrics: EpochMet
     return ts, step
 
 
+def _test_metrics(run: Run, ts: TrainState) -> dict[str, float]:
+    """Loss and accuracy of the (EMA) params on ``run.test``: arrays, or a ``Loader``'s padded batches."""
+    if isinstance(run.test, Loader):
+        return evaluate_loader(run.eval_step, ts.eval_params, ts.state, run.test, mesh=run.mesh)
+    return evaluate_batches(run.eval_step, ts.eval_params, ts.state, *run.test, batch_size=512, mesh=run.mesh)
+
+
 def end_epoch(run: Run, ts: TrainState, step: int, epoch: int, metrics: EpochMetrics,
               history: list[dict[str, float]], start: float) -> bool:
     """Appends the epoch's record to ``history``, gives it to the callbacks, checkpoints and logs it.
@@ -312,11 +319,8 @@ def end_epoch(run: Run, ts: TrainState, step: int, epoch: int, metrics: EpochMet
     metrics.drain()
     train_loss, train_accuracy = metrics.means()
     record = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_accuracy}
-    if isinstance(run.test, Loader):
-        ev = evaluate_loader(run.eval_step, ts.eval_params, ts.state, run.test, mesh=run.mesh)
-    elif run.test is not None:
-        ev = evaluate_batches(run.eval_step, ts.eval_params, ts.state, *run.test, batch_size=512, mesh=run.mesh)
     if run.test is not None:
+        ev = _test_metrics(run, ts)
         record.update(test_loss=ev["loss"], test_accuracy=ev["accuracy"])
     record["seconds"] = time.perf_counter() - start
     history.append(record)
