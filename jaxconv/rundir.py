@@ -9,6 +9,7 @@
     DIR/metrics.csv                           the history as CSV (``--csv``)
     DIR/tensorboard/events.out.tfevents.*     TensorBoard event files (``--tensorboard``)
     DIR/model.stablehlo, model.onnx           exported models (``jaxconv export``)
+    DIR/predictions.csv                       ``jaxconv predict``'s table for a folder
     DIR/checkpoints/ckpt-<step>.safetensors   checkpoints (``fit(checkpoint_dir=...)``), with
                                               their own ``.jaxconv.lock``
 
@@ -51,7 +52,8 @@ BEST_FILE = "best.safetensors"
 CSV_FILE = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
 EXPORTS = {"stablehlo": "model.stablehlo", "onnx": "model.onnx"}
-_TOP_LEVEL = {METRICS_FILE, BEST_FILE, CSV_FILE, *PLOTS.values(), *EXPORTS.values()}
+PREDICTIONS_FILE = "predictions.csv"
+_TOP_LEVEL = {METRICS_FILE, BEST_FILE, CSV_FILE, PREDICTIONS_FILE, *PLOTS.values(), *EXPORTS.values()}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _EVENTS_PREFIX = "events.out.tfevents."
 
@@ -172,6 +174,8 @@ def _looks_like(path: str, name: str) -> bool:
                 return f.read(9)[8:] == b"{"
             if name == CSV_FILE:
                 return f.read(6) == b"epoch,"
+            if name == PREDICTIONS_FILE:
+                return f.read(5) == b"path,"
             if name.startswith(_EVENTS_PREFIX) or name in EXPORTS.values():
                 return True
             return f.read(len(_PNG_SIGNATURE)) == _PNG_SIGNATURE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 
 from jaxconv import augment
 from jaxconv.checkpoint import latest_checkpoint
@@ -143,13 +144,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"{context}: --batch must be 'dynamic' or an int >= 1, got {args.batch!r}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument table of every command (each sets ``func``, the function that runs it)."""
-    parser = OneLineParser(prog="jaxconv", description="jaxconv: train, evaluate, inspect, verify and "
-                                                       "benchmark convolutional networks in JAX")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    train = sub.add_parser("train", help="train a model (default: digits_cnn on digits)")
+def _train_arguments(train: argparse.ArgumentParser) -> None:
+    """``jaxconv train``: the data, the model, the optimizer, the run directory."""
     train.add_argument("--dataset", default="digits", choices=DATASETS)
     train.add_argument("--data-dir", default=None,
                        help="directory with the data set files (default $JAXCONV_DATA or ./data)")
@@ -189,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init-from", default=None, metavar="DIR",
                        help="start from the weights of the run in DIR (e.g. `jaxconv convert`'s); layers "
                             "whose shape differs, such as a head for other classes, start fresh")
+
+
+def _recipe_arguments(train: argparse.ArgumentParser) -> None:
+    """``jaxconv train``: the recipe beyond the optimizer (warmup, clipping, EMA, precision, callbacks)."""
     recipe = train.add_argument_group("recipe", "training options beyond the optimizer")
     recipe.add_argument("--warmup-steps", default="0", metavar="W",
                         help="linear learning-rate warmup before the schedule: W steps, or a fraction of "
@@ -211,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--csv", action="store_true", help=f"write the history to OUT/{CSV_FILE}")
     recipe.add_argument("--tensorboard", action="store_true",
                         help=f"write TensorBoard event files to OUT/{TENSORBOARD_DIR}/ (needs tensorboardX)")
+
+
+def _folder_and_device_arguments(train: argparse.ArgumentParser) -> None:
+    """``jaxconv train``: image folders, output switches, devices and hosts."""
     folder = train.add_argument_group("image folders", "options of --data DIR")
     folder.add_argument("--image-size", default=None, metavar="S",
                         help="the size every image is resized to: S or H,W (required with --data)")
@@ -234,8 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="this process's index in [0, P)")
     scale.add_argument("--auto-distributed", action="store_true",
                        help="let JAX detect the cluster (Cloud TPU pod slice, SLURM, Open MPI, Kubernetes)")
-    train.set_defaults(func=cmd_train)
 
+
+def _run_commands(sub: Any) -> None:
+    """``evaluate``, ``predict``, ``export`` and ``convert``: the commands that read or write a run."""
     evaluate = sub.add_parser("evaluate", help="reload a training run and report its test accuracy "
                                                "(an image folder run: its validation split)")
     evaluate.add_argument("--out", default="runs/latest", help="the run's output directory")
@@ -274,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the data set `jaxconv evaluate` scores the run on (its classes must match)")
     conv.set_defaults(func=cmd_convert)
 
+
+
+def _tool_commands(sub: Any) -> None:
+    """``summary``, ``verify`` and ``bench``."""
     summ = sub.add_parser("summary", help="print a model's layers, shapes, parameter counts "
                                           "and multiply-adds")
     summ.add_argument("model", choices=sorted(MODELS))
@@ -283,7 +293,6 @@ def build_parser() -> argparse.ArgumentParser:
     summ.add_argument("--impl", default="auto", choices=["auto", "lax", "patches"],
                       help="convolution implementation; does not change the counts")
     summ.set_defaults(func=cmd_summary)
-
     verify = sub.add_parser(
         "verify", help="check impl='patches' against impl='lax' on random convolutions")
     verify.add_argument("--cases", type=int, default=100, help="number of random configurations")
@@ -291,7 +300,6 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--seed", type=int, default=0, help=f"an int in [0, {MAX_SEED}]")
     verify.add_argument("--quiet", action="store_true", help="no progress lines")
     verify.set_defaults(func=cmd_verify)
-
     bench = sub.add_parser("bench", help="time the convolution implementations side by side "
                                          "on this machine (forward, forward+backward)")
     bench.add_argument("--impls", default="lax,patches,auto",
@@ -305,4 +313,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="tiny shapes, a smoke test")
     bench.add_argument("--quiet", action="store_true", help="only the table")
     bench.set_defaults(func=cmd_bench)
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument table of every command (each sets ``func``, the function that runs it)."""
+    parser = OneLineParser(prog="jaxconv", description="jaxconv: train, evaluate, inspect, verify and "
+                                                       "benchmark convolutional networks in JAX")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model (default: digits_cnn on digits)")
+    _train_arguments(train)
+    _recipe_arguments(train)
+    _folder_and_device_arguments(train)
+    train.set_defaults(func=cmd_train)
+    _run_commands(sub)
+    _tool_commands(sub)
     return parser

@@ -24,9 +24,7 @@ import numpy as np
 from jaxconv import checkpoint as ckpt
 from jaxconv.cli.training import FOLDER_DATASET, LoadedRun, load_run
 from jaxconv.data import ImageError, Preprocess, list_images, load_image, make_preprocess
-
-#: The CSV that ``predict`` writes in the run directory for folder inputs (``--csv`` moves it).
-PREDICTIONS_FILE = "predictions.csv"
+from jaxconv.rundir import PREDICTIONS_FILE
 
 
 def probabilities_fn(run: LoadedRun, batch_size: int) -> Callable[[np.ndarray], np.ndarray]:

@@ -28,8 +28,16 @@ from jaxconv.losses import cross_entropy
 from jaxconv.models import get_model
 from jaxconv.recipes import make_optimizer
 from jaxconv.rundir import BEST_FILE, CSV_FILE, TENSORBOARD_DIR
-from jaxconv.train import (NonFiniteLossError, TrainState, create_train_state, evaluate, evaluate_loader, fit,
-                           make_eval_step, predict)
+from jaxconv.train import (
+    NonFiniteLossError,
+    TrainState,
+    create_train_state,
+    evaluate,
+    evaluate_loader,
+    fit,
+    make_eval_step,
+    predict,
+)
 
 #: The data set of a converted run that has none (``jaxconv convert`` without ``--dataset``).
 NO_DATASET = "none"

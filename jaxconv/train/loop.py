@@ -35,8 +35,8 @@ from jaxconv.precision import Policy, get_policy
 from jaxconv.train.evaluation import evaluate_batches, make_eval_step
 from jaxconv.train.inputs import check_labels, check_same_shape, check_split, output_shape
 from jaxconv.train.state import TrainState, create_train_state
-from jaxconv.train.streams import LoaderBatches, check_train_loader, evaluate_loader
 from jaxconv.train.step import LossFn, MixFn, make_train_step, with_augmentation
+from jaxconv.train.streams import LoaderBatches, check_train_loader, evaluate_loader
 from jaxconv.validate import boolean, integer, number
 
 # Seeds are ints in [0, MAX_SEED]: JAX's default keys hold 32 bits, and larger
