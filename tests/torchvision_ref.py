@@ -17,17 +17,15 @@ BatchNorm statistics.
 
 import copy
 import math
-import os
 import sys
 import types
 
 import jax
 import numpy as np
-import pytest
 
 from jaxconv import count_params, models
 from jaxconv.convert import load_torch_state_dict
-from tests.torch_ref import import_torch
+from tests.torch_ref import import_or_fail_in_ci, import_torch
 
 _META = "torchvision._meta_registrations"
 
@@ -37,13 +35,7 @@ def import_torchvision():
     import_torch()
     if "torchvision" not in sys.modules:
         sys.modules.setdefault(_META, types.ModuleType(_META))
-    try:
-        import torchvision
-    except ImportError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"torchvision is needed for the model-zoo cross-checks in CI: {e}")
-        pytest.skip(f"torchvision is not installed: {e}")
-    return torchvision
+    return import_or_fail_in_ci("torchvision", "the model-zoo cross-checks")
 
 
 # --------------------------------------------------------------------------
