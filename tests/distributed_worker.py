@@ -117,6 +117,25 @@ def run_fit(mesh=None):
     return ts, history
 
 
+def folder_fit(root, mesh=None, shard=None, batches=2):
+    """One epoch of ``fit`` on the digits written as a PNG folder, fed by a ``Loader``.
+
+    Returns the train state and this process's share of the first ``batches``
+    global batches (``shard=None``: the process's own, by ``jax.process_index()``).
+    """
+    import jaxconv as jc
+
+    folder = jc.data.image_folder(root, image_size=8, channels=1)
+    loader = jc.data.Loader(folder.train, batch_size=GLOBAL_BATCH, seed=0, shard=shard)
+    stream = loader.iterator({"epoch": 0, "position": 0}, epochs=1)
+    try:
+        read = [next(stream) for _ in range(batches)]
+    finally:
+        stream.close()
+    ts, _ = jc.fit(model(), optimizer(), loader, epochs=1, progress=False, log=None, mesh=mesh)
+    return ts, read
+
+
 def flat(tree):
     """``{"a/b/c": np.ndarray}`` of a fetched tree."""
     import jax
@@ -265,6 +284,22 @@ def sharded(out_path):
         json.dump(report, f, indent=1)
 
 
+def _folder_report(out_dir, mesh, pid):
+    """Trains from an image folder on the mesh; saves the params and the rows this process read."""
+    from jaxconv import distributed
+    from tests.imagefolder import write_digits_folder
+
+    root = os.path.join(out_dir, "digits_png")
+    if distributed.is_primary():
+        write_digits_folder(root)
+    distributed.barrier(mesh)  # the folder exists for every process
+    ts, read = folder_fit(root, mesh)
+    np.savez(os.path.join(out_dir, f"folder_params_{pid}.npz"), **flat(ts.params))
+    np.savez(os.path.join(out_dir, f"folder_rows_{pid}.npz"),
+             **{f"{kind}_{i}": a for i, (images, labels) in enumerate(read)
+                for kind, a in (("images", images), ("labels", labels))})
+
+
 def distributed(out_dir):
     from jaxconv import distributed
 
@@ -286,6 +321,7 @@ def distributed(out_dir):
         json.dump({"process_count": jax.process_count(), "device_count": jax.device_count(),
                    "local_device_count": jax.local_device_count(), "mesh": str(mesh.shape),
                    "rows": str(distributed.process_rows(GLOBAL_BATCH, mesh)), "history": history}, f)
+    _folder_report(out_dir, mesh, pid)
     checkpoint = os.path.join(out_dir, "checkpoint_by_process_0.npz")
     if distributed.is_primary():  # checkpoints are written once, by process 0
         np.savez(os.path.join(out_dir, f"checkpoint_by_process_{pid}.npz"), **flat(ts_fit))

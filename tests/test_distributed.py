@@ -275,6 +275,26 @@ def test_two_processes_equal_single_process(two_process_run):
 
 
 @pytest.mark.slow
+def test_two_processes_read_disjoint_halves_of_a_folder_and_train_as_one(two_process_run):
+    root = str(two_process_run / "digits_png")
+    single, batches = worker.folder_fit(root, shard=(0, 1))
+    halves = [_load(two_process_run / f"folder_rows_{pid}.npz") for pid in range(2)]
+    for i, (images, labels) in enumerate(batches):
+        h0, h1 = (h[f"images_{i}"] for h in halves)
+        assert len(h0) == len(h1) == worker.GLOBAL_BATCH // 2
+        # Process 0 read the first half of the global batch, process 1 the second: disjoint rows
+        # whose union, in order, is the global batch.
+        np.testing.assert_array_equal(np.concatenate([h0, h1]), images)
+        np.testing.assert_array_equal(np.concatenate([h[f"labels_{i}"] for h in halves]), labels)
+    reference = worker.flat(single.params)
+    for pid in range(2):
+        params = _load(two_process_run / f"folder_params_{pid}.npz")
+        assert params.keys() == reference.keys()
+        worst = max(float(np.max(np.abs(params[k].astype(np.float64) - reference[k]))) for k in params)
+        assert worst <= TOL, (pid, worst)
+
+
+@pytest.mark.slow
 def test_checkpoint_written_by_process_zero_only(two_process_run):
     # Each worker also reloads process 0's file after distributed.barrier and checks it
     # equals its own state (the run would have failed otherwise).
