@@ -699,6 +699,9 @@ def main(argv=None) -> int:
         section = "cpu-retained"
         title = ("CPU, host memory retained (`benchmarks/cpu.py --retain-host-memory`): glibc "
                  "keeps freed memory for the whole process, every framework included")
+    if set(sections) != set(SECTIONS):  # a partial run gets its own section: the full one stays
+        section += "-" + "-".join(sections)
+        title += f", sections {', '.join(sections)} only"
     body = f"## {title}\n\n{common.describe_machine(info)}\n\n" + "\n\n".join(texts)
     common.write_section(args.results, section, body)
     log(f"\nwrote the '{section}' section of {args.results}")
