@@ -104,6 +104,15 @@ def resnet9_conv_layers(size: int, width: int):
             ("res3a", size // 8, 8 * w, 8 * w), ("res3b", size // 8, 8 * w, 8 * w)]
 
 
+def distinct_resnet9_conv_layers(size: int, width: int):
+    """``resnet9_conv_layers`` without repeats: the first layer of each (size, c_in, c_out)."""
+    seen = set()
+    for label, s, ci, co in resnet9_conv_layers(size, width):
+        if (s, ci, co) not in seen:
+            seen.add((s, ci, co))
+            yield label, s, ci, co
+
+
 def resnet9_train_flops(size: int, width: int) -> float:
     """FLOPs of one training step per image: 3x the forward convolutions and classifier."""
     fwd = sum(2.0 * s * s * 9 * ci * co for _, s, ci, co in resnet9_conv_layers(size, width))
@@ -464,11 +473,7 @@ def section_micro(run: Run):
     from jaxconv.bench import ConvShape, conv_cases
 
     a = run.args
-    seen = set()
-    for label, s, ci, co in resnet9_conv_layers(a.size, a.width):
-        if (s, ci, co) in seen:
-            continue
-        seen.add((s, ci, co))
+    for label, s, ci, co in distinct_resnet9_conv_layers(a.size, a.width):
         if run.remaining() < (3 if a.quick else 20):
             run.note(f"micro: stopped before {label} ({run.remaining():.0f} s left)")
             break
@@ -661,11 +666,8 @@ def _pallas_layer_rows(run: Run) -> list:
     from jaxconv.bench import ConvShape, conv_cases
 
     a = run.args
-    rows, seen = [], set()
-    for label, s, ci, co in resnet9_conv_layers(a.size, a.width):
-        if (s, ci, co) in seen:
-            continue
-        seen.add((s, ci, co))
+    rows = []
+    for label, s, ci, co in distinct_resnet9_conv_layers(a.size, a.width):
         if run.remaining() < (10 if a.quick else 30):
             run.note(f"pallas: layers stopped before {label} ({run.remaining():.0f} s left)")
             break
