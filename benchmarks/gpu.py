@@ -600,6 +600,19 @@ def section_profile(run: Run):
     run.log(text)
 
 
+def step_rows(run: Run, cases: list, section: str) -> list[list[str]]:
+    """Times training-step ``cases`` in interleaved rounds: ``[name, images/s, ms, spread, vs lax bf16]`` rows."""
+    stats = measure_interleaved(cases, rounds=run.args.rounds, warmup=1, target_s=run.args.target,
+                                time_cap_s=min(40, max(run.remaining(), 5)), log=run.log)
+    base = stats.get("jaxconv lax bf16")
+    rows = []
+    for name, st in stats.items():
+        run.partial.write(section, st.as_dict())
+        rows.append([name, fmt(st.rate), fmt(st.median * 1e3, 2), f"{st.spread:.0%}",
+                     ratio(st.rate, base.rate) if base else "-"])
+    return rows
+
+
 def section_chunks(run: Run):
     """The patches path with its batch split into chunks (``autotune.PATCH_CHUNK_BYTES``).
 
@@ -633,14 +646,7 @@ def section_chunks(run: Run):
             autotune.PATCH_CHUNK_BYTES[backend] = saved
         if case:
             cases.append(dataclasses.replace(case, name=f"jaxconv patches bf16, {mb} MB chunks"))
-    stats = measure_interleaved(cases, rounds=run.args.rounds, warmup=1, target_s=run.args.target,
-                                time_cap_s=min(40, max(run.remaining(), 5)), log=run.log)
-    lax_stats = stats.get("jaxconv lax bf16")
-    rows = []
-    for name, st in stats.items():
-        run.partial.write("chunks", st.as_dict())
-        rows.append([name, fmt(st.rate), fmt(st.median * 1e3, 2), f"{st.spread:.0%}",
-                     ratio(st.rate, lax_stats.rate) if lax_stats else "-"])
+    rows = step_rows(run, cases, "chunks")
     if rows:
         run.extra_tables.append(
             "Patches in batch chunks (bf16 ResNet-9 step, interleaved rounds; the plain patches "
@@ -697,15 +703,7 @@ def _pallas_step_rows(run: Run) -> list:
             compile_cost(run))
         if case:
             cases.append(case)
-    stats = measure_interleaved(cases, rounds=run.args.rounds, warmup=1, target_s=run.args.target,
-                                time_cap_s=min(40, max(run.remaining(), 5)), log=run.log)
-    base = stats.get("jaxconv lax bf16")
-    rows = []
-    for name, st in stats.items():
-        run.partial.write("pallas", st.as_dict())
-        rows.append([name, fmt(st.rate), fmt(st.median * 1e3, 2), f"{st.spread:.0%}",
-                     ratio(st.rate, base.rate) if base else "-"])
-    return rows
+    return step_rows(run, cases, "pallas")
 
 
 def section_pallas(run: Run):
