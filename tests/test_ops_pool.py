@@ -301,6 +301,38 @@ def test_fast_values_equal_picks_and_jvp_is_the_transpose_of_vjp():
         assert float(ones.sum()) == y.size and np.count_nonzero(ones) <= y.size, name
 
 
+def test_tiled_pick_routes_like_the_axis_by_axis_pick(monkeypatch):
+    # Tiling windows take a one-pass pick (ops/pool.py, _tiled_pick); it routes every
+    # derivative to the same element as the axis-by-axis pick it stands in for.
+    from jaxconv.ops import pool
+
+    cases = [(lambda v: ops.max_pool(v, 2), (2, 8, 6, 3)),
+             (lambda v: ops.min_pool(v, (3, 2)), (2, 7, 6, 3)),
+             (lambda v: ops.max_pool(v, 3), (2, 8, 3)),
+             (lambda v: ops.max_pool(v, 2), (1, 4, 5, 4, 2)),
+             (lambda v: ops.adaptive_max_pool(v, (2, 3)), (2, 8, 6, 3))]
+
+    def derivatives(f, x, t):
+        y, pull = jax.vjp(f, x)
+        ct = jnp.asarray(rand(y.shape, 4))
+        program = str(jax.make_jaxpr(pull)(ct))
+        return program, jax.jvp(f, (x,), (t,))[1], pull(ct)[0]
+
+    for f, shape in cases:
+        x = tie_heavy(shape, sum(shape))
+        x.flat[::17] = np.nan
+        x, t = jnp.asarray(x), jnp.asarray(rand(shape, 3))
+        tiled = derivatives(f, x, t)
+        with monkeypatch.context() as m:
+            m.setattr(pool, "MAX_TILE_ELEMENTS", 0)
+            jax.clear_caches()
+            by_axis = derivatives(f, x, t)
+        jax.clear_caches()
+        assert tiled[0] != by_axis[0], shape  # the two paths were both taken
+        for a, b in zip(tiled[1:], by_axis[1:]):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_integer_and_bfloat16_inputs():
     xi = jnp.arange(48, dtype=jnp.int32).reshape(1, 6, 8, 1) % 7
     for y in (ops.max_pool(xi, 2), ops.max_pool(xi, 3, 2, 1, ceil_mode=True),

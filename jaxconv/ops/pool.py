@@ -29,6 +29,7 @@ such indices (PyTorch's ``max_unpool``).
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -228,6 +229,61 @@ def _pick_pool(x, kind: str, plans, with_index: bool):
     return x, index
 
 
+# The most elements per window that ``_tiled_pick`` compares one by one; larger tiling
+# windows (a global pool over a large map) are picked axis by axis.
+MAX_TILE_ELEMENTS = 64
+
+
+def _tile_lengths(plans) -> tuple[int, ...] | None:
+    """Each axis's window length if every axis's windows tile it (consecutive, disjoint, no
+    padding read; elements past the last window unread) with at most ``MAX_TILE_ELEMENTS``
+    elements per window, else ``None``."""
+    lengths = []
+    for plan in plans:
+        positions, _ = plan.table()
+        out, length = positions.shape
+        if not (out * length <= plan.size
+                and np.array_equal(positions, np.arange(out * length).reshape(out, length))):
+            return None
+        lengths.append(length)
+    return tuple(lengths) if math.prod(lengths) <= MAX_TILE_ELEMENTS else None
+
+
+def _tiles(x, lengths):
+    """``x`` ``(N, *spatial, C)`` as tiles ``(N, o1, l1, o2, l2, ..., C)`` of ``lengths``."""
+    outs = [n // length for n, length in zip(x.shape[1:-1], lengths)]
+    x = lax.slice(x, (0,) * x.ndim, (x.shape[0], *(o * k for o, k in zip(outs, lengths)),
+                                     x.shape[-1]))
+    return x.reshape(x.shape[0], *itertools.chain(*zip(outs, lengths)), x.shape[-1])
+
+
+def _tiled_pick(x, kind: str, lengths):
+    """Max/min pool of tiling windows in one pass: ``(values, picked element)``.
+
+    The picked element is the window's row-major element number (int32), chosen
+    by ``_pick`` over the window's elements in order (the same pick as
+    ``_pick_pool``: first extremum, or last NaN).
+    """
+    tiles = _tiles(x, lengths)
+    best = None
+    for number, offsets in enumerate(itertools.product(*map(range, lengths))):
+        where = (slice(None), *itertools.chain(*((slice(None), a) for a in offsets)), slice(None))
+        picked = _Pick(tiles[where], None, jnp.int32(number))
+        best = picked if best is None else _pick(best, picked, kind)
+    return best.value, jnp.broadcast_to(best.index, best.value.shape)
+
+
+def _tiled_tangent(dx, picked, lengths):
+    """The tangent of a tiled pick: ``dx`` at each window's picked element (one fused pass, and
+    its transpose, the gradient, one select of the broadcast output gradient)."""
+    tiles = _tiles(dx, lengths)
+    window_axes = tuple(range(2, 2 * len(lengths) + 1, 2))
+    numbers = np.arange(math.prod(lengths)).reshape(lengths)
+    numbers = np.expand_dims(numbers, tuple(range(0, 2 * len(lengths), 2)))
+    mask = jnp.expand_dims(picked, window_axes) == numbers[None, ..., None]
+    return jnp.sum(jnp.where(mask, tiles, jnp.zeros((), tiles.dtype)), axis=window_axes)
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def _extreme_values(x, kind: str, plans):
     """Max/min pool values by element-wise max/min (fast); derivatives follow ``_pick_pool``."""
@@ -236,10 +292,17 @@ def _extreme_values(x, kind: str, plans):
 
 @_extreme_values.defjvp
 def _extreme_values_jvp(kind, plans, primals, tangents):
-    # The tangent of the picked element: selects of strided slices, whose
-    # transpose (the gradient) is selects and pads; no scatter (uneven
-    # adaptive bins gather, and their gradient scatter-adds).
-    return jax.jvp(lambda v: _pick_pool(v, kind, plans, False)[0], primals, tangents)
+    # The tangent of the picked element. Tiling windows (MaxPool(2) and the
+    # like): the element number picked per window, then one select-and-sum.
+    # Others: selects of strided slices, whose transpose (the gradient) is
+    # selects and pads; no scatter (uneven adaptive bins gather, and their
+    # gradient scatter-adds).
+    (x,), (dx,) = primals, tangents
+    lengths = _tile_lengths(plans)
+    if lengths is None:
+        return jax.jvp(lambda v: _pick_pool(v, kind, plans, False)[0], primals, tangents)
+    values, picked = _tiled_pick(x, kind, lengths)
+    return values, _tiled_tangent(dx, picked, lengths)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
