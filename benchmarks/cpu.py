@@ -1,4 +1,4 @@
-"""CPU benchmark: the MNIST CNN training step in jaxconv, Flax, PyTorch and plain JAX.
+"""CPU benchmark: jaxconv against plain JAX, Flax and PyTorch (MNIST CNN, convolutions, zoo).
 
 Run from the repository root::
 
@@ -27,6 +27,14 @@ Sections (``--sections``, comma-separated; default all):
   7x7 on 96 channels; batch 32): ``impl="patches"`` in its depthwise form
   (``autotune.PATCH_DEPTHWISE``), lax, and PyTorch ``conv2d(groups=C)`` with
   contiguous and channels_last tensors: the measurements behind the CPU rule.
+* ``zoo``: torchvision's architectures from ``jaxconv.models`` (impl auto and
+  lax) against torchvision's own in PyTorch eager (contiguous NCHW and
+  channels_last; the ratio is against the faster), 10 classes, float32, the
+  same parameter counts checked: the ResNet-18 and MobileNetV2 training steps
+  (batch 32, 64x64x3, BatchNorm in training mode, Adam 1e-3, softmax
+  cross-entropy; ``make_train_step`` defaults) and ResNet-18's inference
+  latency (batch 1, 224x224x3; ``train=False`` against ``eval()`` under
+  ``torch.inference_mode()``).
 * ``layer``: the ``Conv`` layer (lax impl) against a bare
   ``lax.conv_general_dilated`` call, forward and forward+backward.
 * ``spc``: ``make_train_step(steps_per_call=10)`` against ``steps_per_call=1``,
@@ -51,6 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -60,6 +69,8 @@ from common import Case, fmt, markdown_table, measure_interleaved, ratio  # noqa
 from jaxconv.bench import ConvShape  # noqa: E402
 
 NUM_CLASSES = 10
+# Adam's learning rate in every training step of this file (every framework).
+LEARNING_RATE = 1e-3
 
 
 # --------------------------------------------------------------------------
@@ -156,6 +167,83 @@ class Holder:
         self.value = value
 
 
+def jaxconv_train_case(name: str, model, x, y, *, microbatches: int = 1) -> Case:
+    """One ``make_train_step`` step (Adam 1e-3, softmax cross-entropy) of ``model`` as a ``Case``.
+
+    ``x``: a channels-last NumPy batch ``(N, H, W, C)``, ``y``: its int labels
+    ``(N,)``; the (donated) train state is carried from call to call.
+    """
+    import jax
+    import optax
+
+    import jaxconv as jc
+
+    opt = optax.adam(LEARNING_RATE)
+    step = jc.make_train_step(model, opt, microbatches=microbatches)
+    holder = Holder(jc.create_train_state(model, jax.random.PRNGKey(0), (-1, *x.shape[1:]), opt))
+    batch = (jax.device_put(x), jax.device_put(y))
+
+    def run():
+        holder.value, _ = step(holder.value, batch)
+        return holder.value
+
+    return Case(name, run, items=len(x))
+
+
+def torch_threads():
+    """``torch``, set to use every core."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    return torch
+
+
+def torch_images(x, memory_format: str = "contiguous_format"):
+    """The channels-last NumPy batch ``x`` as an NCHW tensor in ``memory_format`` (a torch name)."""
+    import numpy as np
+
+    torch = torch_threads()
+    nchw = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    return nchw.to(memory_format=getattr(torch, memory_format))
+
+
+def torch_train_case(name: str, net, x, y, memory_format: str = "contiguous_format") -> Case:
+    """One PyTorch eager training step (Adam 1e-3, cross-entropy) of ``net`` as a ``Case``.
+
+    ``net`` runs in train mode, its parameters and the images ``x``
+    (channels-last NumPy, see ``torch_images``) in ``memory_format``.
+    """
+    torch = torch_threads()
+    net = net.to(memory_format=getattr(torch, memory_format)).train()
+    opt = torch.optim.Adam(net.parameters(), lr=LEARNING_RATE)
+    tx, ty = torch_images(x, memory_format), torch.from_numpy(y.astype("int64"))
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net(tx), ty)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return Case(name, run, sync=common.no_sync, items=len(x))
+
+
+def functional_case(name: str, apply_fn, params, x, y) -> Case:
+    """``functional_step`` (Adam 1e-3) of ``apply_fn(params, x) -> logits`` as a ``Case``."""
+    import optax
+
+    opt = optax.adam(LEARNING_RATE)
+    step = functional_step(apply_fn, opt)
+    holder = Holder((params, opt.init(params)))
+
+    def run():
+        p, o, _ = step(*holder.value, x, y)
+        holder.value = (p, o)
+        return holder.value
+
+    return Case(name, run, items=len(x))
+
+
 def training_cases(batch: int, size: int, impls, peers=True, log=print,
                    model_fn=jaxconv_model, microbatches: int = 1) -> list[Case]:
     """One training-step ``Case`` per implementation, all on the same random batch.
@@ -165,71 +253,29 @@ def training_cases(batch: int, size: int, impls, peers=True, log=print,
     """
     import jax
     import numpy as np
-    import optax
-
-    import jaxconv as jc
 
     rng = np.random.default_rng(0)
     x_np = rng.random((batch, size, size, 1), dtype=np.float32)
     y_np = rng.integers(0, NUM_CLASSES, batch).astype(np.int32)
-    x, y = jax.device_put(x_np), jax.device_put(y_np)
-    cases = []
-
-    for impl in impls:
-        model = model_fn(impl)
-        opt = optax.adam(1e-3)
-        step = jc.make_train_step(model, opt, microbatches=microbatches)
-        holder = Holder(jc.create_train_state(model, jax.random.PRNGKey(0), (-1, size, size, 1), opt))
-
-        def run(step=step, holder=holder):
-            holder.value, _ = step(holder.value, (x, y))
-            return holder.value
-
-        suffix = f", {microbatches} micro-batches" if microbatches > 1 else ""
-        cases.append(Case(f"jaxconv {impl}{suffix}", run, items=batch))
-
+    suffix = f", {microbatches} micro-batches" if microbatches > 1 else ""
+    cases = [jaxconv_train_case(f"jaxconv {impl}{suffix}", model_fn(impl), x_np, y_np,
+                                microbatches=microbatches) for impl in impls]
     if not peers:
         return cases
-
-    def functional_case(name, apply_fn, params):
-        opt = optax.adam(1e-3)
-        step = functional_step(apply_fn, opt)
-        holder = Holder((params, opt.init(params)))
-
-        def run():
-            p, o, _ = step(*holder.value, x, y)
-            holder.value = (p, o)
-            return holder.value
-
-        return Case(name, run, items=batch)
-
+    x, y = jax.device_put(x_np), jax.device_put(y_np)
     cases.append(functional_case("JAX lax.conv (plain)", raw_jax_apply,
-                                 raw_jax_init(jax.random.PRNGKey(0), size)))
+                                 raw_jax_init(jax.random.PRNGKey(0), size), x, y))
     try:
         module = flax_module()
         variables = module.init(jax.random.PRNGKey(0), x[:1])
-        cases.append(functional_case("Flax linen", module.apply, variables))
+        cases.append(functional_case("Flax linen", module.apply, variables, x, y))
     except ImportError as exc:
         log(f"  Flax skipped: {exc}")
     try:
-        import torch
-
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch = torch_threads()
         torch.manual_seed(0)
-        net = torch_model(size)
-        topt = torch.optim.Adam(net.parameters(), lr=1e-3)
-        tx = torch.from_numpy(np.ascontiguousarray(x_np.transpose(0, 3, 1, 2)))
-        ty = torch.from_numpy(y_np.astype(np.int64))
-
-        def torch_run():
-            topt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(net(tx), ty)
-            loss.backward()
-            topt.step()
-            return loss
-
-        cases.append(Case(f"PyTorch eager ({torch.get_num_threads()} threads)", torch_run,
-                          sync=common.no_sync, items=batch))
+        cases.append(torch_train_case(f"PyTorch eager ({torch.get_num_threads()} threads)",
+                                      torch_model(size), x_np, y_np))
     except ImportError as exc:
         log(f"  PyTorch skipped: {exc}")
     return cases
@@ -454,7 +500,7 @@ def section_spc(args, log):
     for impl in args.spc_impls:
         for spc in (1, k):
             model = jaxconv_model(impl)
-            opt = optax.adam(1e-3)
+            opt = optax.adam(LEARNING_RATE)
             step = jc.make_train_step(model, opt, steps_per_call=spc)
             holder = Holder(jc.create_train_state(model, jax.random.PRNGKey(0),
                                                   (-1, args.size, args.size, 1), opt))
@@ -567,6 +613,149 @@ def section_depthwise(args, log):
     return text, rows
 
 
+# The zoo section: torchvision's architectures, with this many classes in jaxconv and torchvision.
+ZOO_CLASSES = 10
+ZOO_TRAINING = ("resnet18", "mobilenet_v2")
+ZOO_LATENCY = "resnet18"
+ZOO_IMPLS = ("auto", "lax")
+# Row label -> torch memory format of PyTorch's parameters and images.
+TORCH_FORMATS = {"contiguous": "contiguous_format", "channels_last": "channels_last"}
+
+
+def import_torchvision():
+    """``torchvision`` with its model code usable beside a CPU torch its compiled ops do not fit.
+
+    On import torchvision registers "meta" kernels for its compiled operators,
+    which fails when they do not load ("operator torchvision::nms does not
+    exist"); the models need none of them, so an empty module stands in.
+    """
+    meta = "torchvision._meta_registrations"
+    sys.modules.setdefault(meta, types.ModuleType(meta))
+    import torchvision
+
+    return torchvision
+
+
+def torchvision_net(name: str):
+    """torchvision's ``name`` with ``ZOO_CLASSES`` outputs, random weights (seed 0)."""
+    torch = torch_threads()
+    torch.manual_seed(0)
+    return getattr(import_torchvision().models, name)(weights=None, num_classes=ZOO_CLASSES)
+
+
+def check_same_network(name: str, model, input_shape, net, log) -> int:
+    """Raises unless jaxconv's ``model`` and torchvision's ``net`` have the same numbers of
+    parameters and of (floating-point) BatchNorm statistics; returns the parameter count."""
+    import math
+
+    import jax
+    import jax.numpy as jnp
+
+    params, state = jax.eval_shape(lambda k: model.init(k, input_shape)[1:], jax.random.PRNGKey(0))
+    ours = (sum(math.prod(a.shape) for a in jax.tree_util.tree_leaves(params)),
+            sum(math.prod(a.shape) for a in jax.tree_util.tree_leaves(state)
+                if jnp.issubdtype(a.dtype, jnp.floating)))
+    theirs = (sum(p.numel() for p in net.parameters()),
+              sum(b.numel() for b in net.buffers() if b.is_floating_point()))
+    log(f"  {name}: parameters jaxconv {ours[0]:,}, torchvision {theirs[0]:,}; "
+        f"BatchNorm statistics jaxconv {ours[1]:,}, torchvision {theirs[1]:,}")
+    if ours != theirs:
+        raise RuntimeError(f"{name}: jaxconv and torchvision differ (parameters, statistics): "
+                           f"{ours} against {theirs}; the comparison would be meaningless")
+    return ours[0]
+
+
+def jaxconv_infer_case(name: str, model, x) -> Case:
+    """The jitted inference forward (``train=False``: BatchNorm uses its running statistics)."""
+    import jax
+
+    params, state = jax.jit(lambda k: model.init(k, x.shape)[1:])(jax.random.PRNGKey(0))
+    forward = jax.jit(lambda p, s, x: model.apply(p, s, x)[0])
+    x = jax.device_put(x)
+    return Case(name, lambda: forward(params, state, x), items=len(x))
+
+
+def torch_infer_case(name: str, net, x, memory_format: str = "contiguous_format") -> Case:
+    """``net.eval()`` under ``torch.inference_mode()`` on ``x`` (see ``torch_images``)."""
+    torch = torch_threads()
+    net = net.to(memory_format=getattr(torch, memory_format)).eval()
+    tx = torch_images(x, memory_format)
+
+    def run():
+        with torch.inference_mode():
+            return net(tx)
+
+    return Case(name, run, sync=common.no_sync, items=len(x))
+
+
+def zoo_stats(name: str, input_shape, jax_case, torch_case, args, log):
+    """Times ``jax_case(label, model)`` per ``ZOO_IMPLS`` against ``torch_case(label, net,
+    memory_format=...)`` per ``TORCH_FORMATS``, interleaved; returns ``(stats, parameters)``."""
+    import jaxconv as jc
+
+    cases = [jax_case(f"jaxconv {impl}", jc.models.get_model(name, ZOO_CLASSES, impl=impl))
+             for impl in ZOO_IMPLS]
+    count = check_same_network(name, jc.models.get_model(name, ZOO_CLASSES), input_shape,
+                               torchvision_net(name), log)
+    cases += [torch_case(f"PyTorch {label}", torchvision_net(name), memory_format=memory_format)
+              for label, memory_format in TORCH_FORMATS.items()]
+    return measure_interleaved(cases, rounds=args.rounds, target_s=args.target, log=log), count
+
+
+def zoo_rows(model: str, stats) -> list[list[str]]:
+    """Table rows; "vs PyTorch" is the speed relative to the faster PyTorch row, named."""
+    torch_rows = {n: s for n, s in stats.items() if n.startswith("PyTorch ")}
+    best = max(torch_rows, key=lambda n: torch_rows[n].rate, default=None)
+    rows = []
+    for name, s in stats.items():
+        versus = f"{ratio(s.rate, stats[best].rate)} ({best[len('PyTorch '):]})" if best else "-"
+        rows.append([model, name, fmt(s.rate, 1), fmt(s.median * 1e3, 1), f"{s.spread:.0%}",
+                     versus])
+    return rows
+
+
+def zoo_batch(batch: int, size: int):
+    """Random channels-last float32 images ``(batch, size, size, 3)`` and int labels."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((batch, size, size, 3), dtype=np.float32),
+            rng.integers(0, ZOO_CLASSES, batch).astype(np.int32))
+
+
+def section_zoo(args, log):
+    """torchvision's ResNet-18 and MobileNetV2 in jaxconv and PyTorch: training and latency."""
+    train_rows, raw, counts = [], {}, {}
+    x, y = zoo_batch(args.zoo_batch, args.zoo_size)
+    for name in ZOO_TRAINING:
+        stats, counts[name] = zoo_stats(
+            name, x.shape, functools.partial(jaxconv_train_case, x=x, y=y),
+            functools.partial(torch_train_case, x=x, y=y), args, log)
+        train_rows += zoo_rows(name, stats)
+        raw[f"{name} training"] = {n: s.as_dict() for n, s in stats.items()}
+    image, _ = zoo_batch(1, args.zoo_latency_size)
+    stats, counts[ZOO_LATENCY] = zoo_stats(
+        ZOO_LATENCY, image.shape, functools.partial(jaxconv_infer_case, x=image),
+        functools.partial(torch_infer_case, x=image), args, log)
+    raw[f"{ZOO_LATENCY} latency"] = {n: s.as_dict() for n, s in stats.items()}
+    headers = ["model", "framework", "images/s", "ms", "spread", "vs PyTorch (faster row)"]
+    params = ", ".join(f"{name} {count:,}" for name, count in counts.items())
+    text = (f"torchvision's architectures in jaxconv (`jaxconv.models`, impl auto and lax) and "
+            f"PyTorch eager ({torch_threads().get_num_threads()} threads; contiguous NCHW and "
+            f"channels_last), float32, {ZOO_CLASSES} classes, parameters equal in both ({params}); "
+            f"median of {args.rounds} interleaved rounds. \"vs PyTorch\": speed relative to the "
+            f"faster PyTorch row (named).\n\nTraining step (ms per step): batch {args.zoo_batch}, "
+            f"{args.zoo_size}x{args.zoo_size}x3 random images, BatchNorm in training mode, "
+            f"Adam 1e-3, softmax cross-entropy; jaxconv `make_train_step` with its defaults, "
+            f"PyTorch `model.train()`:\n\n{markdown_table(headers, train_rows)}\n\n"
+            f"{ZOO_LATENCY} inference latency (ms per image): batch 1, "
+            f"{args.zoo_latency_size}x{args.zoo_latency_size}x3; jaxconv's jitted apply with "
+            f"`train=False` (BatchNorm on running statistics), PyTorch `model.eval()` under "
+            f"`torch.inference_mode()`:\n\n{markdown_table(headers, zoo_rows(ZOO_LATENCY, stats))}")
+    log(text)
+    return text, raw
+
+
 # The training settings of the baseline commit's `jaxconv train`, in this tree's flags.
 BASELINE_SETTINGS = ["--optimizer", "adam", "--schedule", "constant", "--lr", "1e-3",
                      "--label-smoothing", "0", "--augment", "none"]
@@ -643,8 +832,21 @@ def section_train(args, log):
 
 
 SECTIONS = {"step": section_step, "micro": section_micro, "rows": section_rows,
-            "depthwise": section_depthwise,
+            "depthwise": section_depthwise, "zoo": section_zoo,
             "layer": section_layer, "spc": section_spc, "train": section_train}
+
+
+def set_sizes(args) -> None:
+    """Fills in the options left unset and the sizes: tiny ones with ``--quick``."""
+    quick = args.quick
+    args.rounds = args.rounds or (2 if quick else 7)
+    args.batch = args.batch or (8 if quick else 128)
+    args.size = 12 if quick else 28
+    args.target = 0.02 if quick else 0.3
+    args.train_repeats = args.train_repeats or (1 if quick else 3)
+    args.spc_impls = ["auto"] if quick else ["auto", "lax", "patches"]
+    args.zoo_batch, args.zoo_size = (2, 32) if quick else (32, 64)
+    args.zoo_latency_size = 64 if quick else 224
 
 
 def main(argv=None) -> int:
@@ -673,12 +875,7 @@ def main(argv=None) -> int:
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown section(s) {unknown}; expected some of {list(SECTIONS)}")
-    args.rounds = args.rounds or (2 if args.quick else 7)
-    args.batch = args.batch or (8 if args.quick else 128)
-    args.size = 12 if args.quick else 28
-    args.target = 0.02 if args.quick else 0.3
-    args.train_repeats = args.train_repeats or (1 if args.quick else 3)
-    args.spc_impls = ["auto"] if args.quick else ["auto", "lax", "patches"]
+    set_sizes(args)
 
     info = common.machine_info()
     log = functools.partial(print, flush=True)
@@ -693,8 +890,14 @@ def main(argv=None) -> int:
             partial.write(name, {"raw": raw})
     if args.no_write or args.quick:
         log("\n(results file not updated: --quick or --no-write)")
-        return 0
-    section, title = "cpu", "CPU: MNIST CNN and convolutions (`benchmarks/cpu.py`)"
+    else:
+        write_results(args, sections, info, texts, log)
+    return 0
+
+
+def write_results(args, sections, info, texts, log) -> None:
+    """Writes the run's section of the results file: "cpu", "cpu-retained", "cpu-<sections>"."""
+    section, title = "cpu", "CPU: MNIST CNN, convolutions and the model zoo (`benchmarks/cpu.py`)"
     if args.retain_host_memory:
         section = "cpu-retained"
         title = ("CPU, host memory retained (`benchmarks/cpu.py --retain-host-memory`): glibc "
@@ -705,7 +908,6 @@ def main(argv=None) -> int:
     body = f"## {title}\n\n{common.describe_machine(info)}\n\n" + "\n\n".join(texts)
     common.write_section(args.results, section, body)
     log(f"\nwrote the '{section}' section of {args.results}")
-    return 0
 
 
 if __name__ == "__main__":
