@@ -300,7 +300,9 @@ def test_mixed_dtypes_promote():
 
 def test_auto_uses_the_autotune_table(monkeypatch):
     assert autotune.choose_impl("conv", (1, 26, 26, 32), (3, 3, 32, 64), 1, backend="cpu") == "patches"
-    assert autotune.choose_impl("conv", (1, 8, 8, 64), (3, 3, 64, 64), 1, backend="cpu") == "lax"
+    assert autotune.choose_impl("conv", (1, 8, 8, 64), (3, 3, 64, 64), 1, backend="cpu") == "patches"
+    assert autotune.choose_impl("conv_transpose", (1, 8, 8, 64), (3, 3, 64, 64), 1,
+                                backend="cpu") == "lax"
     assert autotune.shape_class((1, 8, 8, 63), (3, 3, 63, 64), 1) == "narrow"
     assert autotune.shape_class((1, 26, 26, 64), (3, 3, 64, 64), 1) == "wide"
     assert autotune.choose_impl("conv", (1, 8, 8, 3), (3, 3, 3, 4), 1, backend="gpu") == "lax"

@@ -42,8 +42,15 @@ TABLE: list[dict[str, str]] = [
      "note": "RESULTS.md cpu and cpu-autotune: with fewer than 64 input channels the MNIST "
              "and digits CNN steps are faster with patches (layer by layer it loses on small "
              "padded maps; the full steps decide here)"},
+    {"backend": "cpu", "op": "conv", "shape": "*", "impl": "patches",
+     "note": "RESULTS.md cpu-zoo (benchmarks/cpu.py --sections zoo): in whole networks "
+             "(ResNet-18 and MobileNetV2 training steps, ResNet-18 at batch 1) the patches "
+             "path beats XLA:CPU's convolutions, which are slowest on grouped convolutions and "
+             "on maps smaller than the kernel (ResNet-18's last stage at 64x64 inputs); layer "
+             "by layer lax wins some wide ones (RESULTS.md cpu, micro)"},
     {"backend": "cpu", "op": "*", "shape": "*", "impl": "lax",
-     "note": "RESULTS.md cpu: from 64 channels on, XLA:CPU's convolution is faster in fwd+bwd"},
+     "note": "RESULTS.md cpu: transposed convolutions from 64 channels on, where XLA:CPU's "
+             "convolution was faster in fwd+bwd"},
     {"backend": "gpu", "op": "*", "shape": "*", "impl": "lax",
      "note": "default: cuDNN convolutions"},
     {"backend": "tpu", "op": "*", "shape": "*", "impl": "lax",
