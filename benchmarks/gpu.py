@@ -1,4 +1,4 @@
-"""GPU benchmark: ResNet-9 training on one accelerator, jaxconv against Flax and PyTorch.
+"""GPU benchmark: ResNet-9 and ResNet-50 training, jaxconv against Flax and PyTorch.
 
 One run measures, in this order (each section under its own time cap, the
 whole run under ``--budget`` seconds, and a crash in one section never stops
@@ -26,6 +26,20 @@ the others):
    against lax and patches, bf16: ResNet-9's convolution layers alone
    (forward+backward) and the full training step. Off GPU its kernels run in
    Pallas's interpret mode: a smoke test of the section, not a measurement.
+10. ``resnet50``: the bf16 training step (float32 parameters, SGD Nesterov) of
+    torchvision's ResNet-50 (v1.5) at 224x224x3, batch 256, 1000 classes
+    (``--quick``: batch 2 at 32x32), interleaved: jaxconv
+    (``jaxconv.models.get_model("resnet50")``, ``impl`` lax and auto), Flax
+    linen (the same network, defined here), PyTorch eager and
+    ``torch.compile`` (torchvision's ``resnet50``, channels_last, bf16
+    autocast). The three networks' parameter and BatchNorm-statistics counts
+    must be equal (else the section fails). Its own table has ResNet-9's
+    columns, with the ratios to this network's peers. Its compiles (one XLA
+    program per JAX case, Inductor's for ``torch.compile``) need minutes:
+    after the ResNet-9 sections the default budget has little left, so run it
+    alone, ``--sections resnet50``; it then measures the ``ceilings`` first
+    (for the fraction of the matmul rate) and writes the ``gpu-resnet50``
+    section of the results file instead of ``gpu``.
 
 Prints a table (images/s, TFLOP/s, fraction of the measured matmul rate,
 ratios to each peer), writes the ``gpu`` section of ``benchmarks/RESULTS.md``
@@ -44,6 +58,7 @@ Flax and PyTorch are optional: missing ones are skipped with a note.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 import re
@@ -57,9 +72,16 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 from common import Case, fmt, markdown_table, measure_interleaved, ratio  # noqa: E402
+from cpu import check_same_network, import_torchvision  # noqa: E402
 
 NUM_CLASSES = 10
 LR = 0.01
+# ResNet-50: blocks per stage (torchvision's resnet50) and ImageNet's classes.
+RESNET50_BLOCKS = (3, 4, 6, 3)
+RESNET50_CLASSES = 1000
+# Each row's peers in the tables: (column label, row name).
+PEERS = [("Flax", "Flax linen bf16"), ("torch eager", "PyTorch eager bf16"),
+         ("torch.compile", "PyTorch torch.compile bf16")]
 
 
 class Run:
@@ -113,11 +135,75 @@ def distinct_resnet9_conv_layers(size: int, width: int):
             yield label, s, ci, co
 
 
+def train_flops(convs, features: int, classes: int) -> float:
+    """FLOPs of one training step per image: 3x the forward convolutions and classifier.
+
+    ``convs``: ``(output size, kernel size, c_in, c_out)`` of each (square)
+    convolution; the classifier maps ``features`` to ``classes``. A
+    multiply-add counts 2 FLOPs.
+    """
+    fwd = sum(2.0 * s * s * k * k * ci * co for s, k, ci, co in convs)
+    return 3 * (fwd + 2.0 * features * classes)
+
+
 def resnet9_train_flops(size: int, width: int) -> float:
-    """FLOPs of one training step per image: 3x the forward convolutions and classifier."""
-    fwd = sum(2.0 * s * s * 9 * ci * co for _, s, ci, co in resnet9_conv_layers(size, width))
-    fwd += 2.0 * 8 * width * NUM_CLASSES
-    return 3 * fwd
+    """FLOPs of one ResNet-9 training step per image (``train_flops``)."""
+    convs = [(s, 3, ci, co) for _, s, ci, co in resnet9_conv_layers(size, width)]
+    return train_flops(convs, 8 * width, NUM_CLASSES)
+
+
+def resnet50_conv_layers(size: int):
+    """``(input size, kernel size, stride, c_in, c_out)`` of torchvision's ResNet-50's convolutions.
+
+    On ``size x size`` images, in order: ``conv1`` 7x7/2, then per bottleneck
+    1x1, 3x3 (the block's stride: v1.5), the ``downsample`` projection (first
+    block of a stage) and 1x1. Every convolution pads ``kernel // 2``, so its
+    output is ``ceil(input / stride)``; ``conv1`` and the 3x3/2 max pool
+    together divide the size by 4, rounding up.
+    """
+    layers = [(size, 7, 2, 3, 64)]
+    s, c_in = -(-size // 4), 64
+    for stage, blocks in enumerate(RESNET50_BLOCKS):
+        planes = 64 << stage
+        for b in range(blocks):
+            stride = 2 if stage and not b else 1
+            layers += [(s, 1, 1, c_in, planes), (s, 3, stride, planes, planes)]
+            if not b:
+                layers.append((s, 1, stride, c_in, 4 * planes))
+            s, c_in = -(-s // stride), 4 * planes
+            layers.append((s, 1, 1, planes, c_in))
+    return layers
+
+
+def resnet50_train_flops(size: int, classes: int) -> float:
+    """FLOPs of one ResNet-50 training step per image (``train_flops``).
+
+    At 224x224 the forward is 8.2 GFLOP (4.1 G multiply-adds: the "4.09 GFLOPS"
+    torchvision's model table lists for resnet50 counts multiply-adds), the
+    step 24.5 GFLOP.
+    """
+    convs = [(-(-s // stride), k, ci, co) for s, k, stride, ci, co in resnet50_conv_layers(size)]
+    return train_flops(convs, 2048, classes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """One training step's data: ``batch`` random ``size x size x 3`` images, ``classes`` labels;
+    ``flops``: FLOPs per image of the step."""
+
+    batch: int
+    size: int
+    classes: int
+    flops: float
+
+
+def resnet9_workload(args) -> Workload:
+    return Workload(args.batch, args.size, NUM_CLASSES, resnet9_train_flops(args.size, args.width))
+
+
+def resnet50_workload(args) -> Workload:
+    return Workload(args.resnet50_batch, args.resnet50_size, RESNET50_CLASSES,
+                    resnet50_train_flops(args.resnet50_size, RESNET50_CLASSES))
 
 
 # --------------------------------------------------------------------------
@@ -162,15 +248,16 @@ class Holder:
         self.value = value
 
 
-def make_data(run: Run, k: int = 1):
+def make_data(run: Run, k: int = 1, work: Workload | None = None):
+    """``(images, labels)`` on the device: ``k`` batches of ``work`` (default ResNet-9's)."""
     import jax
     import numpy as np
 
-    a = run.args
+    w = work or resnet9_workload(run.args)
     rng = np.random.default_rng(0)
-    shape = (k, a.batch, a.size, a.size, 3) if k > 1 else (a.batch, a.size, a.size, 3)
+    shape = (k, w.batch, w.size, w.size, 3) if k > 1 else (w.batch, w.size, w.size, 3)
     x = rng.standard_normal(shape, dtype=np.float32)
-    y = rng.integers(0, NUM_CLASSES, shape[:-3]).astype(np.int32)
+    y = rng.integers(0, w.classes, shape[:-3]).astype(np.int32)
     return jax.device_put(x), jax.device_put(y)
 
 
@@ -183,61 +270,78 @@ def f32_cross_entropy(logits, labels):
 
 
 def jaxconv_case(run: Run, impl: str, dtype_name: str, spc: int = 1, data=None):
-    """A Case for jaxconv's ResNet-9 training step (first call = compile, done here)."""
-    import jax
+    """A Case for jaxconv's ResNet-9 training step (``jaxconv_step_case``)."""
     import jax.numpy as jnp
+
+    from jaxconv.models import resnet9
+
+    dtype = {"bf16": jnp.bfloat16, "f32": None}[dtype_name]
+    model = resnet9(width=run.args.width, impl=impl, dtype=dtype)
+    name = f"jaxconv {impl} {dtype_name}" + (f" spc={spc}" if spc > 1 else "")
+    return jaxconv_step_case(run, name, model, resnet9_workload(run.args), spc, data)
+
+
+def jaxconv_step_case(run: Run, name: str, model, work: Workload, spc: int = 1, data=None):
+    """A Case for a jaxconv ``model``'s training step on ``work`` (float32 parameters, SGD
+    Nesterov, ``spc`` steps per call; the first call, trace + compile, is done here)."""
+    import jax
     import optax
 
     import jaxconv as jc
-    from jaxconv.models import resnet9
 
-    a = run.args
-    dtype = {"bf16": jnp.bfloat16, "f32": None}[dtype_name]
-    model = resnet9(width=a.width, impl=impl, dtype=dtype)
     opt = optax.sgd(LR, momentum=0.9, nesterov=True)
     step = jc.make_train_step(model, opt, f32_cross_entropy, steps_per_call=spc)
-    holder = Holder(jc.create_train_state(model, jax.random.PRNGKey(0), (-1, a.size, a.size, 3), opt))
-    x, y = data if data is not None else make_data(run, spc)
+    shape = (-1, work.size, work.size, 3)
+    holder = Holder(jc.create_train_state(model, jax.random.PRNGKey(0), shape, opt))
+    x, y = data if data is not None else make_data(run, spc, work)
     t0 = time.perf_counter()
     holder.value, _ = step(holder.value, (x, y))
     jax.block_until_ready(holder.value)
-    run.log(f"  jaxconv {impl} {dtype_name} spc={spc}: first call (trace + compile) "
-            f"{time.perf_counter() - t0:.1f} s")
+    run.log(f"  {name}: first call (trace + compile) {time.perf_counter() - t0:.1f} s")
 
     def go():
         holder.value, _ = step(holder.value, (x, y))
         return holder.value
 
-    return Case(f"jaxconv {impl} {dtype_name}" + (f" spc={spc}" if spc > 1 else ""), go,
-                items=a.batch * spc, flops=resnet9_train_flops(a.size, a.width) * a.batch * spc)
+    return Case(name, go, items=work.batch * spc, flops=work.flops * work.batch * spc)
 
 
-def flax_case(run: Run, dtype_name: str = "bf16"):
+def flax_conv_bn(dtype):
+    """Flax linen's ``ConvBN`` module class: a bias-free square convolution padded by
+    ``kernel // 2`` (as torchvision's), BatchNorm with PyTorch's momentum and epsilon and
+    an optional ReLU, computing in ``dtype`` with float32 parameters."""
     import flax.linen as nn
-    import jax
     import jax.numpy as jnp
-    import optax
-
-    a = run.args
-    dtype = {"bf16": jnp.bfloat16, "f32": jnp.float32}[dtype_name]
 
     class ConvBN(nn.Module):
         features: int
+        kernel: int = 3
+        stride: int = 1
+        relu: bool = True
 
         @nn.compact
         def __call__(self, x, train):
-            x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, dtype=dtype,
-                        param_dtype=jnp.float32)(x)
+            pad = ((self.kernel // 2,) * 2,) * 2
+            x = nn.Conv(self.features, (self.kernel,) * 2, strides=self.stride, padding=pad,
+                        use_bias=False, dtype=dtype, param_dtype=jnp.float32)(x)
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                              dtype=dtype, param_dtype=jnp.float32)(x)
-            return nn.relu(x)
+            return nn.relu(x) if self.relu else x
+
+    return ConvBN
+
+
+def flax_resnet9(width: int, dtype):
+    """ResNet-9 (as ``jaxconv.models.resnet9``) as a Flax linen module."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    ConvBN = flax_conv_bn(dtype)  # noqa: N806 - a class
 
     class ResNet9(nn.Module):
-        width: int
-
         @nn.compact
         def __call__(self, x, train=True):
-            w = self.width
+            w = width
             pool = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2))
             x = ConvBN(w)(x, train)
             x = pool(ConvBN(2 * w)(x, train))
@@ -249,8 +353,61 @@ def flax_case(run: Run, dtype_name: str = "bf16"):
             x = nn.Dense(NUM_CLASSES, use_bias=False, dtype=dtype, param_dtype=jnp.float32)(x)
             return x * 0.125
 
-    module = ResNet9(a.width)
-    x, y = make_data(run)
+    return ResNet9()
+
+
+def flax_resnet50(classes: int, dtype):
+    """torchvision's ResNet-50 (v1.5: the bottleneck strides on its 3x3 convolution) as a
+    Flax linen module: the same layers and widths as ``jaxconv.models.resnet50``."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    ConvBN = flax_conv_bn(dtype)  # noqa: N806 - a class
+
+    class Bottleneck(nn.Module):
+        planes: int
+        stride: int
+
+        @nn.compact
+        def __call__(self, x, train):
+            out = 4 * self.planes
+            y = ConvBN(self.planes, 1)(x, train)
+            y = ConvBN(self.planes, 3, self.stride)(y, train)
+            y = ConvBN(out, 1, relu=False)(y, train)
+            if self.stride != 1 or x.shape[-1] != out:
+                x = ConvBN(out, 1, self.stride, relu=False)(x, train)
+            return nn.relu(x + y)
+
+    class ResNet50(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=True):
+            x = ConvBN(64, 7, 2)(x, train)
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            for stage, blocks in enumerate(RESNET50_BLOCKS):
+                for b in range(blocks):
+                    x = Bottleneck(64 << stage, 2 if stage and not b else 1)(x, train)
+            x = jnp.mean(x, axis=(1, 2))
+            return nn.Dense(classes, dtype=dtype, param_dtype=jnp.float32)(x)
+
+    return ResNet50()
+
+
+def flax_case(run: Run, dtype_name: str = "bf16"):
+    """A Case for the Flax ResNet-9's training step (``flax_step_case``)."""
+    import jax.numpy as jnp
+
+    dtype = {"bf16": jnp.bfloat16, "f32": jnp.float32}[dtype_name]
+    return flax_step_case(run, f"Flax linen {dtype_name}", flax_resnet9(run.args.width, dtype),
+                          resnet9_workload(run.args))
+
+
+def flax_step_case(run: Run, name: str, module, work: Workload, data=None):
+    """A Case for a Flax linen ``module``'s training step on ``work`` (SGD Nesterov, the
+    parameters as the module makes them; the first call, trace + compile, is done here)."""
+    import jax
+    import optax
+
+    x, y = data if data is not None else make_data(run, work=work)
     variables = module.init(jax.random.PRNGKey(0), x[:1], train=False)
     opt = optax.sgd(LR, momentum=0.9, nesterov=True)
 
@@ -271,14 +428,13 @@ def flax_case(run: Run, dtype_name: str = "bf16"):
     t0 = time.perf_counter()
     holder.value, _ = step(holder.value, x, y)
     jax.block_until_ready(holder.value)
-    run.log(f"  Flax {dtype_name}: first call {time.perf_counter() - t0:.1f} s")
+    run.log(f"  {name}: first call {time.perf_counter() - t0:.1f} s")
 
     def go():
         holder.value, _ = step(holder.value, x, y)
         return holder.value
 
-    return Case(f"Flax linen {dtype_name}", go, items=a.batch,
-                flops=resnet9_train_flops(a.size, a.width) * a.batch)
+    return Case(name, go, items=work.batch, flops=work.flops * work.batch)
 
 
 def torch_net(width: int):
@@ -315,23 +471,38 @@ def torch_net(width: int):
 
 
 def torch_case(run: Run, compiled: bool = False):
+    """A Case for the PyTorch ResNet-9's training step (``torch_step_case``)."""
+    label = "PyTorch torch.compile bf16" if compiled else "PyTorch eager bf16"
+    return torch_step_case(run, label, lambda: torch_net(run.args.width),
+                           resnet9_workload(run.args), compiled)
+
+
+def torchvision_resnet50(classes: int):
+    """torchvision's ``resnet50`` (random weights) with ``classes`` outputs."""
+    return import_torchvision().models.resnet50(weights=None, num_classes=classes)
+
+
+def torch_step_case(run: Run, name: str, make_net, work: Workload, compiled: bool = False):
+    """A Case for the training step of the PyTorch network ``make_net()`` (built after seeding)
+    on ``work``: channels_last, bf16 autocast, SGD Nesterov; eager or ``torch.compile``d. The
+    first call (with ``torch.compile``, the compile) is done here."""
     import numpy as np
     import torch
 
-    a = run.args
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     if not cuda:
         torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = True
-    net = torch_net(a.width).to(device).to(memory_format=torch.channels_last)
+    net = make_net().to(device).to(memory_format=torch.channels_last)
     model = torch.compile(net) if compiled else net
     opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=0.9, nesterov=True)
     rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.standard_normal((a.batch, 3, a.size, a.size), dtype=np.float32))
+    x = torch.from_numpy(rng.standard_normal((work.batch, 3, work.size, work.size),
+                                             dtype=np.float32))
     x = x.to(device).contiguous(memory_format=torch.channels_last)
-    y = torch.from_numpy(rng.integers(0, NUM_CLASSES, a.batch).astype(np.int64)).to(device)
+    y = torch.from_numpy(rng.integers(0, work.classes, work.batch).astype(np.int64)).to(device)
 
     def go():
         opt.zero_grad(set_to_none=True)
@@ -347,23 +518,25 @@ def torch_case(run: Run, compiled: bool = False):
             torch.cuda.synchronize()
 
     t0 = time.perf_counter()
-    go()
-    sync(None)
-    label = "PyTorch torch.compile bf16" if compiled else "PyTorch eager bf16"
-    run.log(f"  {label}: first call {time.perf_counter() - t0:.1f} s")
-    return Case(label, go, sync=sync, items=a.batch,
-                flops=resnet9_train_flops(a.size, a.width) * a.batch)
+    sync(go())
+    run.log(f"  {name}: first call {time.perf_counter() - t0:.1f} s")
+    return Case(name, go, sync=sync, items=work.batch, flops=work.flops * work.batch)
 
 
-def auto_alias(run: Run) -> str | None:
-    """The impl that ``impl="auto"`` picks for ResNet-9's convolutions, if one for all."""
+def auto_alias(run: Run, convs=None) -> str | None:
+    """The impl that ``impl="auto"`` picks for every one of ``convs``, if one for all.
+
+    ``convs``: ``(batch, input size, kernel size, c_in, c_out)`` of square
+    convolutions; default: ResNet-9's.
+    """
     try:
         from jaxconv.ops.autotune import choose_impl
     except ImportError:
         return None
     a = run.args
-    picks = {choose_impl("conv", (a.batch, s, s, ci), (3, 3, ci, co), 1)
-             for _, s, ci, co in resnet9_conv_layers(a.size, a.width)}
+    convs = convs or [(a.batch, s, 3, ci, co)
+                      for _, s, ci, co in resnet9_conv_layers(a.size, a.width)]
+    picks = {choose_impl("conv", (n, s, s, ci), (k, k, ci, co), 1) for n, s, k, ci, co in convs}
     return picks.pop() if len(picks) == 1 else None
 
 
@@ -380,6 +553,13 @@ def build(run: Run, label: str, make, min_left: float):
         run.note(f"{label} failed: {type(exc).__name__}: {exc}")
         run.log(traceback.format_exc())
     return None
+
+
+def measure_steps(run: Run, cases: list, cap_s: float) -> dict:
+    """``measure_interleaved`` of training-step ``cases`` with the run's rounds and target,
+    within ``cap_s`` seconds (or what is left of the budget, at least 5)."""
+    return measure_interleaved(cases, rounds=run.args.rounds, warmup=1, target_s=run.args.target,
+                               time_cap_s=min(cap_s, max(run.remaining(), 5)), log=run.log)
 
 
 # --------------------------------------------------------------------------
@@ -408,9 +588,7 @@ def section_main(run: Run):
         case = build(run, label, make, compile_cost(run))
         if case:
             run.cases[case.name] = case
-    stats = measure_interleaved(list(run.cases.values()), rounds=run.args.rounds, warmup=1,
-                                target_s=run.args.target, time_cap_s=min(60, run.remaining()),
-                                log=run.log)
+    stats = measure_steps(run, list(run.cases.values()), 60)
     for name, s in stats.items():
         run.record(name, s, section="main")
     if alias in ("lax", "patches") and f"jaxconv {alias} bf16" in stats:
@@ -431,8 +609,7 @@ def section_spc(run: Run):
                     compile_cost(run))
         if ten:
             cases += [one, ten]
-    stats = measure_interleaved(cases, rounds=run.args.rounds, warmup=1, target_s=run.args.target,
-                                time_cap_s=min(40, max(run.remaining(), 5)), log=run.log)
+    stats = measure_steps(run, cases, 40)
     rows = []
     for impl in ("lax", "patches"):
         s1, s10 = stats.get(f"jaxconv {impl} bf16"), stats.get(f"jaxconv {impl} bf16 spc={k}")
@@ -459,8 +636,7 @@ def section_f32(run: Run):
                      lambda impl=impl: jaxconv_case(run, impl, "f32", data=data), compile_cost(run))
         if case:
             cases.append(case)
-    stats = measure_interleaved(cases, rounds=run.args.rounds, warmup=1, target_s=run.args.target,
-                                time_cap_s=min(30, max(run.remaining(), 5)), log=run.log)
+    stats = measure_steps(run, cases, 30)
     for name, s in stats.items():
         run.record(name, s, section="f32")
     if alias in ("lax", "patches") and f"jaxconv {alias} f32" in stats:
@@ -490,16 +666,23 @@ def section_micro(run: Run):
                     run.partial.write("micro", st.as_dict())
 
 
-def section_compile(run: Run):
+def torch_compile_wanted(run: Run, section: str) -> bool:
+    """False, with a note, in ``--quick`` mode without ``--torch-compile``."""
     if run.args.quick and not run.args.torch_compile:
-        run.note("torch.compile skipped in --quick mode (pass --torch-compile to include it)")
+        run.note(f"{section}: torch.compile skipped in --quick mode (pass --torch-compile to "
+                 "include it)")
+        return False
+    return True
+
+
+def section_compile(run: Run):
+    if not torch_compile_wanted(run, "compile"):
         return
     need = 20 if run.args.quick else 100
     case = build(run, "torch.compile", lambda: torch_case(run, compiled=True), need)
     if case is None:
         return
-    stats = measure_interleaved([case], rounds=run.args.rounds, warmup=1, target_s=run.args.target,
-                                time_cap_s=min(20, max(run.remaining(), 5)), log=run.log)
+    stats = measure_steps(run, [case], 20)
     for name, s in stats.items():
         run.record(name, s, section="compile")
 
@@ -602,8 +785,7 @@ def section_profile(run: Run):
 
 def step_rows(run: Run, cases: list, section: str) -> list[list[str]]:
     """Times training-step ``cases`` in interleaved rounds: ``[name, images/s, ms, spread, vs lax bf16]`` rows."""
-    stats = measure_interleaved(cases, rounds=run.args.rounds, warmup=1, target_s=run.args.target,
-                                time_cap_s=min(40, max(run.remaining(), 5)), log=run.log)
+    stats = measure_steps(run, cases, 40)
     base = stats.get("jaxconv lax bf16")
     rows = []
     for name, st in stats.items():
@@ -731,13 +913,165 @@ def section_pallas(run: Run):
         run.log(run.extra_tables[-1])
 
 
+def tree_size(tree) -> int:
+    """The number of elements of a pytree of arrays (or of ``jax.ShapeDtypeStruct``)."""
+    import math
+
+    import jax
+
+    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def resnet50_param_counts(run: Run, work: Workload) -> dict[str, int]:
+    """``{framework: parameters}`` of the three ResNet-50s; raises unless they are the same.
+
+    jaxconv's and Flax's parameters and BatchNorm statistics are counted from
+    their ``init`` shapes (nothing is allocated) and compared;
+    ``check_same_network`` compares jaxconv's with torchvision's (built on the
+    "meta" device). A framework that is not installed is left out, with a note.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from jaxconv.models import get_model
+
+    x = jax.ShapeDtypeStruct((1, work.size, work.size, 3), jnp.float32)
+    key = jax.random.PRNGKey(0)
+    model = get_model("resnet50", work.classes, impl="lax")
+    ours = tuple(map(tree_size, jax.eval_shape(lambda k: model.init(k, x.shape)[1:], key)))
+    counts = {"jaxconv": ours[0]}
+    try:
+        module = flax_resnet50(work.classes, jnp.bfloat16)
+        v = jax.eval_shape(functools.partial(module.init, train=False), key, x)
+        theirs = (tree_size(v["params"]), tree_size(v["batch_stats"]))
+        run.log(f"  ResNet-50: parameters jaxconv {ours[0]:,}, Flax {theirs[0]:,}; BatchNorm "
+                f"statistics jaxconv {ours[1]:,}, Flax {theirs[1]:,}")
+        if theirs != ours:
+            raise RuntimeError(f"ResNet-50: jaxconv and Flax differ (parameters, statistics): "
+                               f"{ours} against {theirs}; the comparison would be meaningless")
+        counts["Flax"] = theirs[0]
+    except ImportError as exc:
+        run.note(f"resnet50: Flax's parameters not counted: {exc}")
+    try:
+        import torch
+
+        with torch.device("meta"):
+            net = torchvision_resnet50(work.classes)
+        counts["torchvision"] = check_same_network("ResNet-50", model, x.shape, net, run.log)
+    except ImportError as exc:
+        run.note(f"resnet50: torchvision's parameters not counted: {exc}")
+    return counts
+
+
+def resnet50_cases(run: Run, work: Workload, data) -> tuple[list[Case], str | None]:
+    """The ResNet-50 step cases the budget allows (jaxconv lax and auto, unless auto is lax for
+    every layer; Flax linen; PyTorch eager) and the impl auto picks for every layer, if one."""
+    import jax.numpy as jnp
+
+    from jaxconv.models import get_model
+
+    def jaxconv(impl):
+        model = get_model("resnet50", work.classes, impl=impl, dtype=jnp.bfloat16)
+        return jaxconv_step_case(run, f"jaxconv {impl} bf16", model, work, data=data)
+
+    alias = auto_alias(run, [(work.batch, s, k, ci, co)
+                             for s, k, _, ci, co in resnet50_conv_layers(work.size)])
+    if alias:
+        run.note(f"resnet50: impl='auto' picks '{alias}' for every ResNet-50 convolution on this "
+                 "backend" + (": its row is the lax measurement" if alias == "lax" else ""))
+    makes = {f"jaxconv {impl} bf16": functools.partial(jaxconv, impl)
+             for impl in (("lax",) if alias == "lax" else ("lax", "auto"))}
+    makes["Flax linen bf16"] = lambda: flax_step_case(
+        run, "Flax linen bf16", flax_resnet50(work.classes, jnp.bfloat16), work, data)
+    makes["PyTorch eager bf16"] = lambda: torch_step_case(
+        run, "PyTorch eager bf16", lambda: torchvision_resnet50(work.classes), work)
+    need = 10 if run.args.quick else 90
+    cases = [build(run, f"ResNet-50 {name}", make, need) for name, make in makes.items()]
+    return [c for c in cases if c], alias
+
+
+def resnet50_compiled_case(run: Run, work: Workload) -> Case | None:
+    """torchvision's ResNet-50 step under ``torch.compile``, if wanted and the budget allows."""
+    if not torch_compile_wanted(run, "resnet50"):
+        return None
+    return build(run, "ResNet-50 torch.compile",
+                 lambda: torch_step_case(run, "PyTorch torch.compile bf16",
+                                         lambda: torchvision_resnet50(work.classes), work,
+                                         compiled=True), 30 if run.args.quick else 150)
+
+
+def resnet50_measure(run: Run, cases: list) -> dict:
+    """The cases' interleaved rounds, each result written to the partial log at once."""
+    stats = measure_steps(run, cases, 90)
+    for st in stats.values():
+        run.partial.write("resnet50", st.as_dict())
+    return stats
+
+
+def section_resnet50(run: Run):
+    """ResNet-50's bf16 training step: jaxconv, Flax linen, PyTorch eager and torch.compile.
+
+    The eager cases are measured first (their results written at once), so
+    that a slow ``torch.compile`` leaves them behind; with it, all the cases
+    are measured again in the same interleaved rounds, and the table has those.
+    """
+    if "matmul_tflops" not in run.ceilings:
+        run.log("resnet50: measuring the ceilings first (for the fraction of the matmul rate)")
+        section_ceilings(run)
+    work = resnet50_workload(run.args)
+    counts = resnet50_param_counts(run, work)
+    cases, alias = resnet50_cases(run, work, make_data(run, work=work))
+    stats = resnet50_measure(run, cases)
+    compiled = resnet50_compiled_case(run, work)
+    if compiled:
+        stats = resnet50_measure(run, cases + [compiled])
+    results = {name: {"stats": st} for name, st in stats.items()}
+    if alias == "lax" and "jaxconv lax bf16" in results:
+        results["jaxconv auto bf16"] = {**results["jaxconv lax bf16"], "alias": "lax"}
+    table = speed_table(results, PEERS, run.ceilings.get("matmul_tflops"))
+    if not table:
+        return
+    params = ", ".join(f"{k} {n:,}" for k, n in counts.items())
+    run.extra_tables.append(
+        "ResNet-50 training step (torchvision's architecture: `jaxconv.models.get_model"
+        f"(\"resnet50\")`, a Flax linen copy and torchvision's `resnet50`; parameters {params}): "
+        f"batch {work.batch}, {work.size}x{work.size}x3 random images, {work.classes} classes, "
+        "bf16 compute with float32 parameters, BatchNorm in training mode, SGD Nesterov "
+        f"(momentum 0.9); {work.flops / 1e9:.2f} GFLOP per image per step (3x the forward "
+        "convolutions and classifier, from the layer shapes); median of up to "
+        f"{run.args.rounds} interleaved rounds:\n\n{table}")
+    run.log(run.extra_tables[-1])
+
+
 SECTIONS = {"ceilings": section_ceilings, "main": section_main, "spc": section_spc,
             "f32": section_f32, "micro": section_micro, "compile": section_compile,
-            "profile": section_profile, "chunks": section_chunks, "pallas": section_pallas}
+            "profile": section_profile, "chunks": section_chunks, "pallas": section_pallas,
+            "resnet50": section_resnet50}
 
 
 # --------------------------------------------------------------------------
 # Report.
+
+
+def speed_table(results: dict, peers, matmul_tflops: float | None) -> str | None:
+    """The markdown table of training-step ``results`` (``{name: {"stats": Stats, "alias": impl
+    (optional)}}``): images/s, ms per call, spread, TFLOP/s, the fraction of the measured bf16
+    matmul rate and the ratio of images/s to each ``(label, row name)`` of ``peers``;
+    ``None`` without results."""
+    rows = []
+    for name, r in results.items():
+        s = r["stats"]
+        tflops = s.flops_rate / 1e12
+        label = name + (f" (= {r['alias']})" if r.get("alias") else "")
+        rows.append([label, fmt(s.rate), fmt(s.median * 1e3, 2), f"{s.spread:.0%}",
+                     fmt(tflops, 1 if tflops >= 1 else 4),
+                     f"{tflops / matmul_tflops:.0%}" if matmul_tflops else "-"]
+                    + [ratio(s.rate, results[p]["stats"].rate) if p in results else "-"
+                       for _, p in peers])
+    if not rows:
+        return None
+    return markdown_table(["implementation", "images/s", "ms/call", "spread", "TFLOP/s",
+                           "of matmul rate"] + [f"vs {label}" for label, _ in peers], rows)
 
 
 def report(run: Run, info: dict) -> str:
@@ -745,33 +1079,25 @@ def report(run: Run, info: dict) -> str:
 
     a = run.args
     mm = run.ceilings.get("matmul_tflops")
-    peers = [("Flax", "Flax linen bf16"), ("torch eager", "PyTorch eager bf16"),
-             ("torch.compile", "PyTorch torch.compile bf16"), ("jaxconv lax", "jaxconv lax bf16")]
-    rows = []
-    for name, r in run.results.items():
-        s = r["stats"]
-        tflops = s.flops_rate / 1e12
-        label = name + (f" (= {r['alias']})" if r.get("alias") else "")
-        rows.append([label, fmt(s.rate), fmt(s.median * 1e3, 2), f"{s.spread:.0%}",
-                     fmt(tflops, 1 if tflops >= 1 else 4), f"{tflops / mm:.0%}" if mm else "-"]
-                    + [ratio(s.rate, run.results[p]["stats"].rate) if p in run.results else "-"
-                       for _, p in peers])
-    table = markdown_table(["implementation", "images/s", "ms/call", "spread", "TFLOP/s",
-                            "of matmul rate"] + [f"vs {p}" for p, _ in peers], rows)
-    ceil = (f"measured ceilings: bf16 matmul {fmt(mm, 1)} TFLOP/s, device copy "
-            f"{fmt(run.ceilings.get('copy_gbs'), 0)} GB/s (read + write)")
+    nets = ((["ResNet-9"] if set(a.section_list) - {"ceilings", "resnet50"} else [])
+            + (["ResNet-50"] if "resnet50" in a.section_list else []))
     parts = [
-        "## GPU: ResNet-9 training (`benchmarks/gpu.py"
+        f"## GPU: {' and '.join(nets) + ' training' if nets else 'ceilings'} (`benchmarks/gpu.py"
         + ("" if a.section_list == list(SECTIONS) else f" --sections {','.join(a.section_list)}")
         + "`)",
         common.describe_machine(info),
-        f"- {ceil}",
-        f"- ResNet-9 width {a.width}, batch {a.batch}, {a.size}x{a.size}x3 random data, SGD Nesterov "
-        f"(momentum 0.9), {resnet9_train_flops(a.size, a.width) / 1e9:.2f} GFLOP per image per "
-        f"training step (3x the forward convolutions and classifier); median of up to {a.rounds} "
-        f"interleaved rounds per section; `spc=10` rows process 10 batches per call.",
+        f"- measured ceilings: bf16 matmul {fmt(mm, 1)} TFLOP/s, device copy "
+        f"{fmt(run.ceilings.get('copy_gbs'), 0)} GB/s (read + write)",
     ]
-    if rows:
+    if "ResNet-9" in nets:
+        parts.append(
+            f"- ResNet-9 width {a.width}, batch {a.batch}, {a.size}x{a.size}x3 random data, SGD "
+            f"Nesterov (momentum 0.9), {resnet9_train_flops(a.size, a.width) / 1e9:.2f} GFLOP per "
+            "image per training step (3x the forward convolutions and classifier); median of up "
+            f"to {a.rounds} interleaved rounds per section; `spc=10` rows process 10 batches per "
+            "call.")
+    table = speed_table(run.results, PEERS + [("jaxconv lax", "jaxconv lax bf16")], mm)
+    if table:
         parts.append(table)
     parts += run.extra_tables
     if run.micro_rows:
@@ -808,11 +1134,14 @@ def main(argv=None) -> int:
                         help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--resnet50-batch", type=int, default=None,
+                        help="batch of the resnet50 section (default 256; quick: 2)")
     parser.add_argument("--torch-compile", action="store_true",
                         help="include torch.compile in --quick mode")
     parser.add_argument("--results", default=common.RESULTS_MD)
-    parser.add_argument("--section", default="gpu",
-                        help="the section of the results file to replace (default: gpu)")
+    parser.add_argument("--section", default=None,
+                        help="the section of the results file to replace (default: gpu; "
+                             "gpu-resnet50 when --sections is resnet50 alone)")
     parser.add_argument("--no-write", action="store_true", help="do not update the results file")
     args = parser.parse_args(argv)
     sections = args.section_list = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -825,6 +1154,9 @@ def main(argv=None) -> int:
     args.size = 16 if args.quick else 32
     args.width = 4 if args.quick else 64
     args.target = 0.02 if args.quick else 0.25
+    args.resnet50_batch = args.resnet50_batch or (2 if args.quick else 256)
+    args.resnet50_size = 32 if args.quick else 224
+    args.section = args.section or ("gpu-resnet50" if sections == ["resnet50"] else "gpu")
 
     run = Run(args)
     info = common.machine_info()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmark as one command, for the device machine (run from the repository root):
 #   bash benchmarks/run_gpu.sh
+#   bash benchmarks/run_gpu.sh --sections resnet50   # ResNet-50 alone: the "gpu-resnet50" section
 # Writes to $OUT (default ./gpu_out): gpu.log, gpu_partial.jsonl (every result as it is
 # measured), gpu_section.md (the table so far), RESULTS.md (benchmarks/RESULTS.md with the
 # "gpu" section replaced). The script stops starting new work after --budget seconds
