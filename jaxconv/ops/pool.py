@@ -254,7 +254,9 @@ def _tiles(x, lengths):
     outs = [n // length for n, length in zip(x.shape[1:-1], lengths)]
     x = lax.slice(x, (0,) * x.ndim, (x.shape[0], *(o * k for o, k in zip(outs, lengths)),
                                      x.shape[-1]))
-    return x.reshape(x.shape[0], *itertools.chain(*zip(outs, lengths)), x.shape[-1])
+    for axis in range(len(lengths), 0, -1):  # one axis per reshape: sharding rules allow it
+        x = x.reshape(*x.shape[:axis], outs[axis - 1], lengths[axis - 1], *x.shape[axis + 1:])
+    return x
 
 
 def _tiled_pick(x, kind: str, lengths):
