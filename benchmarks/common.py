@@ -29,6 +29,7 @@ import platform
 import sys
 import time
 import traceback
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -175,3 +176,42 @@ def run_section(name: str, fn: Callable[[], Any], log: Callable[[str], None] = p
     log(f"=== {name}: done in {time.perf_counter() - start:.1f}s")
     return result
 
+
+# --------------------------------------------------------------------------
+# torchvision's networks beside jaxconv's (the zoo comparisons of cpu.py and gpu.py).
+
+
+def import_torchvision():
+    """``torchvision`` with its model code usable beside a CPU torch its compiled ops do not fit.
+
+    On import torchvision registers "meta" kernels for its compiled operators,
+    which fails when they do not load ("operator torchvision::nms does not
+    exist"); the models need none of them, so an empty module stands in.
+    """
+    meta = "torchvision._meta_registrations"
+    sys.modules.setdefault(meta, types.ModuleType(meta))
+    import torchvision
+
+    return torchvision
+
+
+def check_same_network(name: str, model, input_shape, net, log) -> int:
+    """Raises unless jaxconv's ``model`` and torchvision's ``net`` have the same numbers of
+    parameters and of (floating-point) BatchNorm statistics; returns the parameter count."""
+    import math
+
+    import jax
+    import jax.numpy as jnp
+
+    params, state = jax.eval_shape(lambda k: model.init(k, input_shape)[1:], jax.random.PRNGKey(0))
+    ours = (sum(math.prod(a.shape) for a in jax.tree_util.tree_leaves(params)),
+            sum(math.prod(a.shape) for a in jax.tree_util.tree_leaves(state)
+                if jnp.issubdtype(a.dtype, jnp.floating)))
+    theirs = (sum(p.numel() for p in net.parameters()),
+              sum(b.numel() for b in net.buffers() if b.is_floating_point()))
+    log(f"  {name}: parameters jaxconv {ours[0]:,}, torchvision {theirs[0]:,}; "
+        f"BatchNorm statistics jaxconv {ours[1]:,}, torchvision {theirs[1]:,}")
+    if ours != theirs:
+        raise RuntimeError(f"{name}: jaxconv and torchvision differ (parameters, statistics): "
+                           f"{ours} against {theirs}; the comparison would be meaningless")
+    return ours[0]

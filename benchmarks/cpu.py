@@ -59,12 +59,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-from common import Case, fmt, markdown_table, measure_interleaved, ratio  # noqa: E402
+from common import (  # noqa: E402
+    Case,
+    check_same_network,
+    fmt,
+    import_torchvision,
+    markdown_table,
+    measure_interleaved,
+    ratio,
+)
 
 from jaxconv.bench import ConvShape  # noqa: E402
 
@@ -622,47 +629,11 @@ ZOO_IMPLS = ("auto", "lax")
 TORCH_FORMATS = {"contiguous": "contiguous_format", "channels_last": "channels_last"}
 
 
-def import_torchvision():
-    """``torchvision`` with its model code usable beside a CPU torch its compiled ops do not fit.
-
-    On import torchvision registers "meta" kernels for its compiled operators,
-    which fails when they do not load ("operator torchvision::nms does not
-    exist"); the models need none of them, so an empty module stands in.
-    """
-    meta = "torchvision._meta_registrations"
-    sys.modules.setdefault(meta, types.ModuleType(meta))
-    import torchvision
-
-    return torchvision
-
-
 def torchvision_net(name: str):
     """torchvision's ``name`` with ``ZOO_CLASSES`` outputs, random weights (seed 0)."""
     torch = torch_threads()
     torch.manual_seed(0)
     return getattr(import_torchvision().models, name)(weights=None, num_classes=ZOO_CLASSES)
-
-
-def check_same_network(name: str, model, input_shape, net, log) -> int:
-    """Raises unless jaxconv's ``model`` and torchvision's ``net`` have the same numbers of
-    parameters and of (floating-point) BatchNorm statistics; returns the parameter count."""
-    import math
-
-    import jax
-    import jax.numpy as jnp
-
-    params, state = jax.eval_shape(lambda k: model.init(k, input_shape)[1:], jax.random.PRNGKey(0))
-    ours = (sum(math.prod(a.shape) for a in jax.tree_util.tree_leaves(params)),
-            sum(math.prod(a.shape) for a in jax.tree_util.tree_leaves(state)
-                if jnp.issubdtype(a.dtype, jnp.floating)))
-    theirs = (sum(p.numel() for p in net.parameters()),
-              sum(b.numel() for b in net.buffers() if b.is_floating_point()))
-    log(f"  {name}: parameters jaxconv {ours[0]:,}, torchvision {theirs[0]:,}; "
-        f"BatchNorm statistics jaxconv {ours[1]:,}, torchvision {theirs[1]:,}")
-    if ours != theirs:
-        raise RuntimeError(f"{name}: jaxconv and torchvision differ (parameters, statistics): "
-                           f"{ours} against {theirs}; the comparison would be meaningless")
-    return ours[0]
 
 
 def jaxconv_infer_case(name: str, model, x) -> Case:

@@ -71,8 +71,15 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-from common import Case, fmt, markdown_table, measure_interleaved, ratio  # noqa: E402
-from cpu import check_same_network, import_torchvision  # noqa: E402
+from common import (  # noqa: E402
+    Case,
+    check_same_network,
+    fmt,
+    import_torchvision,
+    markdown_table,
+    measure_interleaved,
+    ratio,
+)
 
 NUM_CLASSES = 10
 LR = 0.01
