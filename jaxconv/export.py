@@ -113,7 +113,9 @@ def onnx(model: Layer, params: PyTree, state: PyTree, input_shape: Any, *, batch
 
     Arguments as for ``stablehlo``; the input is float32 and the batch
     dimension of a dynamic export is named ``"B"`` in the ONNX graph. Write it
-    with ``save_onnx``.
+    with ``save_onnx``. jax2onnx cannot yet convert a ``pad`` of an array with
+    a dynamic batch, which padded max pools (ResNet's stem) and the patches
+    path use: export such models with an int ``batch``.
 
     Raises:
       ImportError: jax2onnx is not installed (``pip install 'jaxconv[onnx]'``).

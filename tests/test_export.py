@@ -95,15 +95,19 @@ def test_export_arguments(trained):
         export.save({}, "x")
 
 
-def test_onnx_export_runs_in_onnxruntime_with_any_batch(tmp_path):
+@pytest.mark.parametrize("name", ["digits_cnn", "batch_norm"])
+def test_onnx_export_runs_in_onnxruntime_with_any_batch(tmp_path, name, trained):
     import onnxruntime
 
-    model = get_model("digits_cnn", impl="lax")
-    _, params, state = model.init(jax.random.PRNGKey(1), SHAPE)
+    if name == "batch_norm":  # BatchNorm on running statistics, as every zoo network has
+        model, params, state = trained
+    else:
+        model = get_model(name, impl="lax")
+        _, params, state = model.init(jax.random.PRNGKey(1), SHAPE)
     path = tmp_path / "model.onnx"
     export.save_onnx(export.onnx(model, params, state, SHAPE), path)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    input_name = session.get_inputs()[0].name
     for n in (3, 17):
-        got = session.run(None, {name: IMAGES[:n]})[0]
+        got = session.run(None, {input_name: IMAGES[:n]})[0]
         np.testing.assert_allclose(got, model.apply(params, state, IMAGES[:n])[0], rtol=1e-5, atol=1e-5)

@@ -253,13 +253,24 @@ def test_batch_chunk_size_rule():
     spec = ConvSpec((1, 1), ((0, 0), (0, 0)), (1, 1), (1, 1), 1)
     x_shape, k_shape = (128, 26, 26, 32), (3, 3, 32, 64)
     per_image = 24 * 24 * 9 * 32 * 4  # bytes of one image's patches
-    assert batch_chunk_size(x_shape, k_shape, spec, 4, None) == 128
+    assert batch_chunk_size(x_shape, k_shape, spec, 4, None) is None  # the whole batch
     assert batch_chunk_size(x_shape, k_shape, spec, 4, 1) == 1
     assert batch_chunk_size(x_shape, k_shape, spec, 4, 6 * per_image) == 4  # a divisor of 128
     assert batch_chunk_size(x_shape, k_shape, spec, 4, 1000 * per_image) == 128
     # No divisor of 127 within a factor of 2 of 6: 6 images, and a leftover chunk.
     assert batch_chunk_size((127, 26, 26, 32), k_shape, spec, 4, 6 * per_image) == 6
     assert batch_chunk_size(x_shape, k_shape, spec, 2, 6 * per_image) == 8  # bfloat16
+
+
+def test_a_symbolic_batch_is_not_chunked(monkeypatch):
+    # jax.export with a dynamic batch: the size cannot be divided, so the batch runs whole.
+    monkeypatch.setitem(autotune.PATCH_CHUNK_BYTES, jax.default_backend(), 64 * 1024)
+    x, w = _rand((16, 12, 12, 8)), _rand((3, 3, 8, 4), seed=1)
+    f = jax.jit(lambda x: conv(x, w, impl="patches"))
+    batch, = jax.export.symbolic_shape("batch")
+    exported = jax.export.export(f)(jax.ShapeDtypeStruct((batch, 12, 12, 8), jnp.float32))
+    np.testing.assert_allclose(exported.call(x), f(x), rtol=1e-6, atol=1e-6)
+    assert "scan" in str(jax.make_jaxpr(f)(x))  # a concrete batch of 16 is chunked
 
 
 def test_default_chunks_bound_the_patch_memory(monkeypatch):

@@ -82,7 +82,13 @@ class Moments(NamedTuple):
 
     @property
     def inv_scale(self) -> Any:
-        """``2**-exponent``, a normal (not subnormal) float in the dtype of ``mean``."""
+        """``2**-exponent``, a normal (not subnormal) float in the dtype of ``mean``.
+
+        A Python int ``exponent`` (the running statistics: ``0``) gives a constant,
+        with no bit manipulation in the program (ONNX has no operator for it).
+        """
+        if isinstance(self.exponent, int):
+            return jnp.full_like(self.mean, 2.0 ** -self.exponent)
         return jnp.ldexp(jnp.ones_like(self.mean), -self.exponent)
 
     @property

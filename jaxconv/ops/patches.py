@@ -313,10 +313,11 @@ def _conv_in_batch_chunks(x, kernel, spec, chunk, form):
     Each chunk is rematerialised in the backward pass (``jax.checkpoint``), so
     only one chunk's patch tensor is alive at a time, forward or backward:
     ``chunk / N`` of the whole tensor. The images left over when ``chunk``
-    does not divide ``N`` form one last, smaller chunk.
+    does not divide ``N`` form one last, smaller chunk; ``chunk=None``: the
+    whole batch at once.
     """
     n, conv_form = x.shape[0], FORMS[form]
-    if chunk >= n:
+    if chunk is None or chunk >= n:
         return conv_form(x, kernel, spec)
     body = jax.checkpoint(lambda xc: conv_form(xc, kernel, spec),
                           policy=jax.checkpoint_policies.nothing_saveable)
@@ -334,17 +335,18 @@ _conv_in_batch_chunks_jit = jax.jit(_conv_in_batch_chunks, static_argnums=(2, 3,
 
 
 def batch_chunk_size(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], spec: ConvSpec,
-                     itemsize: int, chunk_bytes: int | None) -> int:
+                     itemsize: int, chunk_bytes: int | None) -> int | None:
     """Images per chunk so that a chunk's patch tensor holds at most ``chunk_bytes``.
 
-    At least one image; the whole batch when ``chunk_bytes`` is ``None``. A
-    divisor of the batch size is preferred (no leftover chunk, whose slicing
-    and concatenation cost copies) when one is at least half the largest size
-    allowed.
+    At least one image; ``None`` (the whole batch at once) when ``chunk_bytes``
+    is ``None`` or the batch size is symbolic (``jax.export`` with a dynamic
+    batch). A divisor of the batch size is preferred (no leftover chunk, whose
+    slicing and concatenation cost copies) when one is at least half the
+    largest size allowed.
     """
     n = x_shape[0]
-    if chunk_bytes is None:
-        return n
+    if chunk_bytes is None or not isinstance(n, int):
+        return None
     window = kernel_shape[:len(kernel_shape) - 2]
     _, out = _frame(x_shape, window, spec)
     per_image = math.prod(out) * math.prod(window) * x_shape[-1] * itemsize
