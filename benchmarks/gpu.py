@@ -104,6 +104,7 @@ class Run:
         self.ceilings: dict[str, float] = {}
         self.micro_rows: list = []
         self.extra_tables: list[str] = []
+        self.cases: dict[str, Case] = {}  # section main's built steps, reused by later sections
 
     def remaining(self) -> float:
         return self.args.budget - (time.perf_counter() - self.start)
@@ -577,9 +578,22 @@ def compile_cost(run: Run) -> float:
     return 5.0 if run.args.quick else 45.0
 
 
+def resnet9_step_case(run: Run, impl: str, data=None):
+    """jaxconv's bf16 ResNet-9 step with ``impl``: the one an earlier section built, else built
+    now and kept for later sections (``None`` if the budget is short or the build fails)."""
+    name = f"jaxconv {impl} bf16"
+    if name not in run.cases:
+        data = make_data(run) if data is None else data
+        case = build(run, name, lambda: jaxconv_case(run, impl, "bf16", data=data),
+                     compile_cost(run))
+        if case is None:
+            return None
+        run.cases[name] = case
+    return run.cases[name]
+
+
 def section_main(run: Run):
     alias = auto_alias(run)
-    run.cases = {}
     data = make_data(run)
     for impl in ("lax", "patches", "auto"):
         if impl == "auto" and alias in ("lax", "patches"):
@@ -608,7 +622,7 @@ def section_spc(run: Run):
     cases = []
     datak = make_data(run, k)
     for impl in ("lax", "patches"):
-        one = run.cases.get(f"jaxconv {impl} bf16") if hasattr(run, "cases") else None
+        one = run.cases.get(f"jaxconv {impl} bf16")
         if one is None:
             continue
         ten = build(run, f"jaxconv {impl} bf16 spc={k}",
@@ -751,10 +765,7 @@ def section_profile(run: Run):
 
     import jax
 
-    case = run.cases.get("jaxconv lax bf16") if hasattr(run, "cases") else None
-    if case is None:
-        case = build(run, "jaxconv lax bf16",
-                     lambda: jaxconv_case(run, "lax", "bf16", data=make_data(run)), compile_cost(run))
+    case = resnet9_step_case(run, "lax")
     if case is None:
         return
     steps = 3 if run.args.quick else 20
@@ -816,14 +827,7 @@ def section_chunks(run: Run):
 
     backend = jax.default_backend()
     data = make_data(run)
-    cases = []
-    for impl in ("lax", "patches"):
-        name = f"jaxconv {impl} bf16"
-        case = (run.cases.get(name) if hasattr(run, "cases") else None) or build(
-            run, name, lambda impl=impl: jaxconv_case(run, impl, "bf16", data=data),
-            compile_cost(run))
-        if case:
-            cases.append(case)
+    cases = [c for c in (resnet9_step_case(run, impl, data) for impl in ("lax", "patches")) if c]
     budgets = (1, 4) if run.args.quick else (24, 48)
     for mb in budgets:
         saved = autotune.PATCH_CHUNK_BYTES.get(backend)
@@ -884,15 +888,8 @@ def _pallas_layer_rows(run: Run) -> list:
 def _pallas_step_rows(run: Run) -> list:
     """The bf16 ResNet-9 step with lax, patches and pallas, interleaved."""
     data = make_data(run)
-    cases = []
-    for impl in ("lax", "patches", "pallas"):
-        name = f"jaxconv {impl} bf16"
-        case = (run.cases.get(name) if hasattr(run, "cases") else None) or build(
-            run, name, lambda impl=impl: jaxconv_case(run, impl, "bf16", data=data),
-            compile_cost(run))
-        if case:
-            cases.append(case)
-    return step_rows(run, cases, "pallas")
+    cases = [resnet9_step_case(run, impl, data) for impl in ("lax", "patches", "pallas")]
+    return step_rows(run, [c for c in cases if c], "pallas")
 
 
 def section_pallas(run: Run):
