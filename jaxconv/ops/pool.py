@@ -152,16 +152,26 @@ _REDUCE = {"max": jnp.max, "min": jnp.min, "sum": jnp.sum}
 _COMBINE = {"max": jnp.maximum, "min": jnp.minimum, "sum": jnp.add}
 
 
-def _reduce_axis(x, axis: int, plan, op: str):
-    """Max, min or sum of every window of ``plan`` along ``axis`` (padding is ``op``'s identity)."""
+def _tile_length(plan) -> int | None:
+    """The window length if ``plan``'s windows tile its axis (consecutive and disjoint, no
+    padding read; elements past the last window unread), else ``None``."""
     positions, _ = plan.table()
     out, length = positions.shape
-    if out * length <= x.shape[axis] and np.array_equal(
-            positions, np.arange(out * length).reshape(out, length)):
+    tiles = out * length <= plan.size and np.array_equal(
+        positions, np.arange(out * length).reshape(out, length))
+    return length if tiles else None
+
+
+def _reduce_axis(x, axis: int, plan, op: str):
+    """Max, min or sum of every window of ``plan`` along ``axis`` (padding is ``op``'s identity)."""
+    length = _tile_length(plan)
+    if length is not None:
         # The windows tile the axis: one reduction over a reshaped axis.
+        out = plan.out
         tiles = lax.slice_in_dim(x, 0, out * length, axis=axis)
         tiles = tiles.reshape(x.shape[:axis] + (out, length) + x.shape[axis + 1:])
         return _REDUCE[op](tiles, axis=axis + 1)
+    positions, _ = plan.table()
     return functools.reduce(_COMBINE[op], _candidates(x, axis, positions, _fill(op, x.dtype)))
 
 
@@ -235,18 +245,12 @@ MAX_TILE_ELEMENTS = 64
 
 
 def _tile_lengths(plans) -> tuple[int, ...] | None:
-    """Each axis's window length if every axis's windows tile it (consecutive, disjoint, no
-    padding read; elements past the last window unread) with at most ``MAX_TILE_ELEMENTS``
-    elements per window, else ``None``."""
-    lengths = []
-    for plan in plans:
-        positions, _ = plan.table()
-        out, length = positions.shape
-        if not (out * length <= plan.size
-                and np.array_equal(positions, np.arange(out * length).reshape(out, length))):
-            return None
-        lengths.append(length)
-    return tuple(lengths) if math.prod(lengths) <= MAX_TILE_ELEMENTS else None
+    """Each axis's window length if every axis's windows tile it (``_tile_length``) with at
+    most ``MAX_TILE_ELEMENTS`` elements per window, else ``None``."""
+    lengths = tuple(_tile_length(plan) for plan in plans)
+    if None in lengths or math.prod(lengths) > MAX_TILE_ELEMENTS:
+        return None
+    return lengths
 
 
 def _tiles(x, lengths):
