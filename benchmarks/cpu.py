@@ -353,12 +353,11 @@ def section_micro(args, log):
 def torch_conv_rows(shapes, rounds, target, log):
     """PyTorch ``conv2d`` (NCHW) on the same shapes, as extra rows of the micro table."""
     try:
-        import torch
+        torch = torch_threads()
     except ImportError:
         return []
     from jaxconv.bench import measure_interleaved as measure
 
-    torch.set_num_threads(os.cpu_count() or 1)
     rows = []
     for shape in shapes:
         x = torch.randn(shape.batch, shape.c_in, shape.size, shape.size, requires_grad=True)
@@ -570,10 +569,9 @@ def depthwise_jax_cases(label, batch, size, channels, k, stride):
 def depthwise_torch_cases(label, batch, size, channels, k, stride):
     """fwd+bwd of PyTorch's ``conv2d(groups=C)``, contiguous (NCHW) and channels_last."""
     try:
-        import torch
+        torch = torch_threads()
     except ImportError:
         return []
-    torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     out = (size + 2 * (k // 2) - k) // stride + 1
     cases = []
