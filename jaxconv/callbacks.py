@@ -262,6 +262,9 @@ class TensorBoard(Callback):
     A run (re)starting after ``E`` finished epochs asks TensorBoard to purge
     the events of epochs above ``E`` that an earlier, interrupted attempt left
     in ``logdir`` (``purge_step``), so a resumed run's curves have no duplicates.
+    Each start writes its own event file, named after the second it starts in,
+    then ``E`` and the process: a restart within the same second neither
+    overwrites the earlier file nor sorts before it.
     """
 
     def __init__(self, logdir: str):
@@ -278,7 +281,9 @@ class TensorBoard(Callback):
         except ImportError:
             raise ImportError("TensorBoard: the event-file writer needs tensorboardX: "
                               "pip install 'jaxconv[tensorboard]'") from None
-        self._writer = SummaryWriter(self.logdir, purge_step=len(info.history) + 1)
+        done = len(info.history)
+        self._writer = SummaryWriter(self.logdir, purge_step=done + 1,
+                                     filename_suffix=f".{done:09d}.{os.getpid()}")
 
     def on_epoch_end(self, epoch, record, train_state):
         if self._writer is not None:

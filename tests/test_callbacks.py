@@ -91,6 +91,23 @@ def read_scalars(logdir):
     return scalars
 
 
+def test_tensorboard_restart_in_the_same_second_keeps_the_earlier_event_file(tmp_path, monkeypatch):
+    # Event files are named after the second they start in: a resumed run starting in the
+    # same second as the interrupted attempt must not overwrite that attempt's file.
+    from tensorboardX import event_file_writer
+
+    monkeypatch.setattr(event_file_writer, "time", type("Clock", (), {"time": staticmethod(lambda: 1.7e9)}))
+    logdir = tmp_path / "tb"
+    for done, epochs in ((0, range(1, 5)), (2, range(3, 6))):  # interrupted after 4, resumed after 2
+        board = TensorBoard(str(logdir))
+        board.on_fit_start(jc.callbacks.FitInfo(None, {}, 5, 1, done, [{}] * done, done > 0))
+        for epoch in epochs:
+            board.on_epoch_end(epoch, {"epoch": epoch, "loss": float(epoch + 10 * done)}, None)
+        board.on_fit_end([])
+    assert len(os.listdir(logdir)) == 2
+    assert read_scalars(logdir)["epoch/loss"] == {1: 1.0, 2: 2.0, 3: 23.0, 4: 24.0, 5: 25.0}
+
+
 def test_crc32c_matches_the_standard_check_value():
     assert crc32c(b"123456789") == 0xE3069283
 
